@@ -1,0 +1,151 @@
+//! Herald's HTTP API (axum): campaigns, recipients and lifecycle transitions.
+//!
+//! Every transition is committed to Postgres through `herald_core::transitions`
+//! and then published through the outbox; this process also runs the outbox relay
+//! and the scheduler.
+
+pub mod error;
+pub mod extract;
+pub mod openapi;
+pub mod routes;
+pub mod scheduler;
+pub mod state;
+pub mod views;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use herald_core::bus::Bus;
+use herald_core::config::CommonConfig;
+use herald_core::outbox::Outbox;
+use herald_core::transitions::Lifecycle;
+use herald_core::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+use crate::state::{AppState, Limits};
+
+/// Settings of the api service.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiConfig {
+    /// HTTP listen address.
+    #[arg(long = "listen", env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Largest JSON request body, in bytes (413 above).
+    #[arg(long, env = "HERALD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest recipient import body, in bytes (413 above).
+    #[arg(long, env = "HERALD_MAX_IMPORT_BYTES", default_value_t = 512 * 1024 * 1024)]
+    pub max_import_bytes: usize,
+
+    /// How often the outbox relay looks for events the fast path missed, in ms.
+    #[arg(long, env = "HERALD_RELAY_INTERVAL_MS", default_value_t = 1000)]
+    pub relay_interval_ms: u64,
+
+    /// How often the scheduler looks for due campaigns, in ms.
+    #[arg(long, env = "HERALD_SCHEDULER_INTERVAL_MS", default_value_t = 1000)]
+    pub scheduler_interval_ms: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("valid address"),
+            max_body_bytes: 1024 * 1024,
+            max_import_bytes: 512 * 1024 * 1024,
+            relay_interval_ms: 1000,
+            scheduler_interval_ms: 1000,
+        }
+    }
+}
+
+/// The router, without the background tasks.
+pub fn router(state: AppState) -> Router {
+    use routes::{campaigns as c, health as h, recipients as r};
+    let import_limit = state.limits.import_body_bytes;
+    let json_limit = state.limits.json_body_bytes;
+    let imports = Router::new()
+        .route("/v1/campaigns/{id}/recipients", post(r::import_recipients).get(r::list_recipients))
+        .layer(DefaultBodyLimit::max(import_limit));
+    Router::new()
+        .route("/v1/campaigns", post(c::create_campaign).get(c::list_campaigns))
+        .route("/v1/campaigns/bulk/{action}", post(c::bulk_transition))
+        .route("/v1/campaigns/{id}", get(c::get_campaign).patch(c::update_campaign).delete(c::delete_campaign))
+        .route("/v1/campaigns/{id}/duplicate", post(c::duplicate_campaign))
+        .route("/v1/campaigns/{id}/events", get(c::campaign_events))
+        .route("/v1/campaigns/{id}/{action}", post(c::transition_campaign))
+        .layer(DefaultBodyLimit::max(json_limit))
+        .merge(imports)
+        .route("/healthz", get(h::healthz))
+        .route("/readyz", get(h::readyz))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .fallback(|| async { error::ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Builds the state: pool, NATS connection, outbox.
+pub async fn build_state(common: &CommonConfig, config: &ApiConfig) -> anyhow::Result<AppState> {
+    let pool = herald_core::db::pool(common)?;
+    let bus = Bus::connect(common, "herald-api").await?;
+    let outbox = Outbox::new(pool.clone(), bus.clone());
+    Ok(AppState {
+        lifecycle: Lifecycle::new(pool.clone(), outbox),
+        pool,
+        bus,
+        limits: Limits { json_body_bytes: config.max_body_bytes, import_body_bytes: config.max_import_bytes },
+    })
+}
+
+/// Runs the api on `listener` until `shutdown`: migrations, stream provisioning,
+/// the relay, the scheduler and the HTTP server.
+pub async fn run_with_listener(
+    common: CommonConfig,
+    config: ApiConfig,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    herald_core::db::migrate_with_retry(&common, &shutdown).await?;
+    let state = build_state(&common, &config).await?;
+    // NATS may be down at startup; transitions must still work, so provision in the
+    // background and let the relay catch up.
+    let bus = state.bus.clone();
+    let provision_shutdown = shutdown.clone();
+    tokio::spawn(async move {
+        if let Err(error) = bus.provision_with_retry(&provision_shutdown).await {
+            tracing::warn!(%error, "stream provisioning stopped");
+        }
+    });
+    let outbox = state.lifecycle.outbox.clone();
+    let relay_interval = Duration::from_millis(config.relay_interval_ms);
+    let relay = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { outbox.run_relay(relay_interval, shutdown).await }
+    });
+    let scheduler = tokio::spawn(scheduler::run_scheduler(
+        state.lifecycle.clone(),
+        Duration::from_millis(config.scheduler_interval_ms),
+        shutdown.clone(),
+    ));
+    tracing::info!(addr = %listener.local_addr()?, "api listening");
+    let app = router(state);
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .context("http server")?;
+    shutdown.cancel();
+    let _ = tokio::join!(relay, scheduler);
+    Ok(())
+}
+
+pub async fn run(common: CommonConfig, config: ApiConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    run_with_listener(common, config, listener, shutdown).await
+}

@@ -1,0 +1,5 @@
+//! HTTP handlers, one module per resource.
+
+pub mod campaigns;
+pub mod health;
+pub mod recipients;

@@ -1,0 +1,208 @@
+//! Response and request bodies of the HTTP API (also the OpenAPI schemas).
+
+use chrono::{DateTime, Utc};
+use herald_core::campaigns::{Campaign, Counters};
+use herald_core::channel::Channel;
+use herald_core::lifecycle::Status;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSpec {
+    /// Message body; minijinja syntax, e.g. `Hi {{ name }}`.
+    pub body: String,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCampaign {
+    pub name: String,
+    pub channel: Channel,
+    pub template: TemplateSpec,
+    #[serde(default)]
+    pub scheduled_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub rate_limit_per_second: Option<i32>,
+}
+
+/// PATCH body: every field optional; only drafts can be edited.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateCampaign {
+    pub name: Option<String>,
+    pub channel: Option<Channel>,
+    pub template: Option<TemplateSpec>,
+    pub scheduled_at: Option<DateTime<Utc>>,
+    pub rate_limit_per_second: Option<i32>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CampaignView {
+    pub id: Uuid,
+    pub name: String,
+    pub status: Status,
+    /// Bumped by every change; send it back in `If-Match`.
+    pub version: i64,
+    pub run_epoch: i32,
+    /// The channel with secrets replaced by `***`.
+    #[schema(value_type = Object)]
+    pub channel: serde_json::Value,
+    #[schema(value_type = Object)]
+    pub template: serde_json::Value,
+    pub scheduled_at: Option<DateTime<Utc>>,
+    pub rate_limit_per_second: Option<i32>,
+    pub counters: Counters,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<Campaign> for CampaignView {
+    fn from(c: Campaign) -> Self {
+        let channel = serde_json::from_value::<Channel>(c.channel.clone())
+            .map(|ch| ch.redacted())
+            .unwrap_or(serde_json::Value::Null);
+        Self {
+            id: c.id,
+            name: c.name,
+            status: c.status,
+            version: c.version,
+            run_epoch: c.run_epoch,
+            channel,
+            template: c.template,
+            scheduled_at: c.scheduled_at,
+            rate_limit_per_second: c.rate_limit_per_second,
+            counters: c.counters,
+            created_at: c.created_at,
+            updated_at: c.updated_at,
+            started_at: c.started_at,
+            finished_at: c.finished_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CampaignPage {
+    pub items: Vec<CampaignView>,
+    /// Pass as `cursor` to get the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub status: Option<Status>,
+    pub cursor: Option<String>,
+    /// 1 to 500, default 50.
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleBody {
+    pub scheduled_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BulkRequest {
+    /// Up to 1,000 campaign ids.
+    pub ids: Vec<Uuid>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BulkResult {
+    pub id: Uuid,
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub error: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BulkResponse {
+    pub results: Vec<BulkResult>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventView {
+    pub id: Uuid,
+    pub seq: i64,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    #[schema(value_type = Object)]
+    pub payload: serde_json::Value,
+    pub actor: String,
+    pub correlation_id: Uuid,
+    pub request_correlation_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub published_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventList {
+    pub items: Vec<EventView>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecipientInput {
+    pub address: String,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub variables: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecipientImport {
+    pub recipients: Vec<RecipientInput>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RejectedRow {
+    /// 1-based data row (CSV: not counting the header line).
+    pub row: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImportResult {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub rejected: u64,
+    /// The first 1,000 rejected rows with their reasons.
+    pub rejected_rows: Vec<RejectedRow>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RecipientView {
+    pub id: i64,
+    pub address: String,
+    #[schema(value_type = Object)]
+    pub variables: serde_json::Value,
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub provider_message_id: Option<String>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RecipientPage {
+    pub items: Vec<RecipientView>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct RecipientQuery {
+    /// pending, sending, sent, failed or skipped.
+    pub status: Option<String>,
+    pub cursor: Option<String>,
+    pub limit: Option<i64>,
+}

@@ -1,0 +1,101 @@
+//! The campaign projection row and the reads every service shares.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{PgExecutor, Row};
+use uuid::Uuid;
+
+use crate::lifecycle::Status;
+
+/// One row of `campaigns`.
+#[derive(Debug, Clone)]
+pub struct Campaign {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub channel: serde_json::Value,
+    pub template: serde_json::Value,
+    pub status: Status,
+    pub version: i64,
+    pub run_epoch: i32,
+    pub packed_epoch: i32,
+    pub scheduled_at: Option<DateTime<Utc>>,
+    pub rate_limit_per_second: Option<i32>,
+    pub counters: Counters,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// Recipients per ledger state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Counters {
+    pub total: i64,
+    pub pending: i64,
+    pub sending: i64,
+    pub sent: i64,
+    pub failed: i64,
+    pub skipped: i64,
+}
+
+pub const CAMPAIGN_COLUMNS: &str = "id, tenant_id, name, channel, template, status, version, run_epoch, \
+    packed_epoch, scheduled_at, rate_limit_per_second, total_count, pending_count, sending_count, \
+    sent_count, failed_count, skipped_count, created_at, updated_at, started_at, finished_at";
+
+impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Campaign {
+    fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
+        let status: String = row.try_get("status")?;
+        Ok(Self {
+            id: row.try_get("id")?,
+            tenant_id: row.try_get("tenant_id")?,
+            name: row.try_get("name")?,
+            channel: row.try_get("channel")?,
+            template: row.try_get("template")?,
+            status: status.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            version: row.try_get("version")?,
+            run_epoch: row.try_get("run_epoch")?,
+            packed_epoch: row.try_get("packed_epoch")?,
+            scheduled_at: row.try_get("scheduled_at")?,
+            rate_limit_per_second: row.try_get("rate_limit_per_second")?,
+            counters: Counters {
+                total: row.try_get("total_count")?,
+                pending: row.try_get("pending_count")?,
+                sending: row.try_get("sending_count")?,
+                sent: row.try_get("sent_count")?,
+                failed: row.try_get("failed_count")?,
+                skipped: row.try_get("skipped_count")?,
+            },
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            started_at: row.try_get("started_at")?,
+            finished_at: row.try_get("finished_at")?,
+        })
+    }
+}
+
+/// Reads one campaign, optionally scoped to a tenant (API callers always scope).
+pub async fn fetch_campaign<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+    tenant: Option<Uuid>,
+) -> Result<Option<Campaign>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {CAMPAIGN_COLUMNS} FROM campaigns WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2)"
+    )))
+    .bind(id)
+    .bind(tenant)
+    .fetch_optional(db)
+    .await
+}
+
+/// Just the status: what the sender's cache re-reads.
+pub async fn fetch_status<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Status>, sqlx::Error> {
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM campaigns WHERE id = $1")
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    status
+        .map(|s| s.parse().map_err(|e| sqlx::Error::Decode(Box::new(e))))
+        .transpose()
+}

@@ -1,0 +1,140 @@
+//! Settings shared by every service. Each one is an environment variable and a flag.
+
+use std::fmt;
+
+/// Connection and naming settings that every `herald` subcommand needs.
+#[derive(Clone, clap::Args)]
+pub struct CommonConfig {
+    /// Postgres connection URL. The database is created if it does not exist.
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/herald")]
+    pub database_url: String,
+
+    /// Maximum Postgres connections in this process's pool.
+    #[arg(long, env = "HERALD_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+
+    /// NATS server URL(s), comma separated.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+
+    /// NATS user name (see nats/nats-server.conf for one user per service).
+    #[arg(long, env = "NATS_USER")]
+    pub nats_user: Option<String>,
+
+    /// NATS password for NATS_USER.
+    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+
+    /// This replica's id: names its control consumer and its leases. Defaults to
+    /// the host name plus a random suffix, so two processes never share one.
+    #[arg(long, env = "HERALD_REPLICA_ID")]
+    pub replica_id: Option<String>,
+
+    /// Prefix put before every subject (for example `staging.`). Empty in production.
+    #[arg(long, env = "HERALD_SUBJECT_PREFIX", default_value = "")]
+    pub subject_prefix: String,
+
+    /// Prefix of the JetStream stream names (`<prefix>_EVENTS`, ...).
+    #[arg(long, env = "HERALD_STREAM_PREFIX", default_value = "HERALD")]
+    pub stream_prefix: String,
+
+    /// JetStream stream replicas (3 on a 3-node cluster).
+    #[arg(long, env = "HERALD_STREAM_REPLICAS", default_value_t = 1)]
+    pub stream_replicas: usize,
+}
+
+impl CommonConfig {
+    /// Settings for this machine's local Postgres and NATS, as documented defaults.
+    pub fn local_defaults() -> Self {
+        Self {
+            database_url: "postgres://postgres@127.0.0.1:5432/herald".into(),
+            db_max_connections: 16,
+            nats_url: "nats://127.0.0.1:4222".into(),
+            nats_user: None,
+            nats_password: None,
+            replica_id: None,
+            subject_prefix: String::new(),
+            stream_prefix: "HERALD".into(),
+            stream_replicas: 1,
+        }
+    }
+
+    /// The replica id, made safe for use in consumer names.
+    pub fn replica_id(&self) -> String {
+        let raw = match &self.replica_id {
+            Some(id) if !id.trim().is_empty() => id.trim().to_owned(),
+            _ => {
+                let host = std::env::var("HOSTNAME")
+                    .ok()
+                    .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                    .map(|h| h.trim().to_owned())
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "herald".into());
+                let suffix = uuid::Uuid::new_v4().simple().to_string();
+                format!("{host}-{}", &suffix[..8])
+            }
+        };
+        sanitize_name(&raw)
+    }
+}
+
+/// Keeps `[A-Za-z0-9_-]` and replaces everything else, as NATS consumer names need.
+pub fn sanitize_name(raw: &str) -> String {
+    raw.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .take(64)
+        .collect()
+}
+
+/// Hides the password part of a URL, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+impl fmt::Debug for CommonConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CommonConfig")
+            .field("database_url", &redact_url(&self.database_url))
+            .field("db_max_connections", &self.db_max_connections)
+            .field("nats_url", &redact_url(&self.nats_url))
+            .field("nats_user", &self.nats_user)
+            .field("nats_password", &self.nats_password.as_ref().map(|_| "***"))
+            .field("replica_id", &self.replica_id)
+            .field("subject_prefix", &self.subject_prefix)
+            .field("stream_prefix", &self.stream_prefix)
+            .field("stream_replicas", &self.stream_replicas)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacted_urls_hide_the_password_but_keep_the_rest() {
+        assert_eq!(
+            redact_url("postgres://herald:s3cret@db:5432/herald"),
+            "postgres://herald:***@db:5432/herald"
+        );
+        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+    }
+
+    #[test]
+    fn replica_ids_are_safe_consumer_names() {
+        let mut cfg = CommonConfig::local_defaults();
+        cfg.replica_id = Some("sender.a b/1".into());
+        assert_eq!(cfg.replica_id(), "sender_a_b_1");
+        cfg.replica_id = None;
+        assert!(cfg.replica_id().chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+    }
+}

@@ -1,0 +1,22 @@
+//! Herald core: everything the api, packer and sender share.
+//!
+//! The campaign lifecycle (`lifecycle`, `transitions`), the bus contracts
+//! (`contracts`), the JetStream layout (`bus`), the outbox relay (`outbox`), the
+//! recipient ledger (`ledger`), and the consumer loops that every worker runs
+//! (`work`, `control`). Postgres is the source of truth; NATS only distributes.
+
+pub mod auth;
+pub mod bus;
+pub mod campaigns;
+pub mod channel;
+pub mod config;
+pub mod contracts;
+pub mod control;
+pub mod db;
+pub mod lifecycle;
+pub mod outbox;
+pub mod template;
+pub mod transitions;
+pub mod work;
+
+pub use tokio_util::sync::CancellationToken;

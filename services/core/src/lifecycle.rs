@@ -1,0 +1,285 @@
+//! The campaign state machine as one pure function.
+//!
+//! Every transition in Herald, whether it comes from the API, the scheduler or a
+//! worker, is checked here (through `transitions::Lifecycle`), so no two callers can
+//! disagree about what is legal.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Campaign status, as stored in `campaigns.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Draft,
+    Scheduled,
+    Sending,
+    Paused,
+    Stopped,
+    Completed,
+    Failed,
+}
+
+/// What a caller asks the lifecycle to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Schedule,
+    Unschedule,
+    Start,
+    Pause,
+    Resume,
+    Stop,
+    Complete,
+    Fail,
+}
+
+impl Status {
+    pub const ALL: [Status; 7] = [
+        Status::Draft,
+        Status::Scheduled,
+        Status::Sending,
+        Status::Paused,
+        Status::Stopped,
+        Status::Completed,
+        Status::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Draft => "draft",
+            Status::Scheduled => "scheduled",
+            Status::Sending => "sending",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+        }
+    }
+
+    /// Stopped, completed and failed end a campaign for good.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Stopped | Status::Completed | Status::Failed)
+    }
+}
+
+impl Action {
+    pub const ALL: [Action; 8] = [
+        Action::Schedule,
+        Action::Unschedule,
+        Action::Start,
+        Action::Pause,
+        Action::Resume,
+        Action::Stop,
+        Action::Complete,
+        Action::Fail,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Schedule => "schedule",
+            Action::Unschedule => "unschedule",
+            Action::Start => "start",
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Stop => "stop",
+            Action::Complete => "complete",
+            Action::Fail => "fail",
+        }
+    }
+
+    /// The event type recorded in `campaign_events.type` for this action.
+    pub fn event_type(self) -> &'static str {
+        match self {
+            Action::Schedule => "scheduled",
+            Action::Unschedule => "unscheduled",
+            Action::Start => "started",
+            Action::Pause => "paused",
+            Action::Resume => "resumed",
+            Action::Stop => "stopped",
+            Action::Complete => "completed",
+            Action::Fail => "failed",
+        }
+    }
+
+    /// Start and resume open a new run epoch and trigger the packer.
+    pub fn opens_run_epoch(self) -> bool {
+        matches!(self, Action::Start | Action::Resume)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown campaign status {0:?}")]
+pub struct UnknownStatus(pub String);
+
+impl FromStr for Status {
+    type Err = UnknownStatus;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.to_owned()))
+    }
+}
+
+impl FromStr for Action {
+    type Err = UnknownStatus;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Action::ALL
+            .into_iter()
+            .find(|action| action.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.to_owned()))
+    }
+}
+
+/// An action that the current status does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("cannot {action} a campaign that is {from}")]
+pub struct InvalidTransition {
+    pub from: Status,
+    pub action: Action,
+}
+
+impl InvalidTransition {
+    /// The status the caller asked for, for error bodies (`{"from":..,"to":..}`).
+    pub fn requested(&self) -> &'static str {
+        self.action.event_type()
+    }
+}
+
+/// The transition table of DESIGN.md, as a pure function.
+pub fn next_status(from: Status, action: Action) -> Result<Status, InvalidTransition> {
+    use Action as A;
+    use Status as S;
+    let to = match (from, action) {
+        (S::Draft, A::Schedule) => S::Scheduled,
+        (S::Scheduled, A::Unschedule) => S::Draft,
+        (S::Draft | S::Scheduled, A::Start) => S::Sending,
+        (S::Sending, A::Pause) => S::Paused,
+        (S::Paused, A::Resume) => S::Sending,
+        (S::Draft | S::Scheduled | S::Sending | S::Paused, A::Stop) => S::Stopped,
+        (S::Sending, A::Complete) => S::Completed,
+        (S::Sending | S::Paused, A::Fail) => S::Failed,
+        _ => return Err(InvalidTransition { from, action }),
+    };
+    Ok(to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    /// DESIGN.md's table, written out edge by edge.
+    fn design_edges() -> HashSet<(Status, Status)> {
+        use Status::*;
+        [
+            (Draft, Scheduled),
+            (Draft, Sending),
+            (Scheduled, Draft),
+            (Scheduled, Sending),
+            (Sending, Paused),
+            (Sending, Completed),
+            (Paused, Sending),
+            (Draft, Stopped),
+            (Scheduled, Stopped),
+            (Sending, Stopped),
+            (Paused, Stopped),
+            (Sending, Failed),
+            (Paused, Failed),
+        ]
+        .into_iter()
+        .collect()
+    }
+
+    #[test]
+    fn every_allowed_pair_is_an_edge_of_the_design_table() {
+        let edges = design_edges();
+        for from in Status::ALL {
+            for action in Action::ALL {
+                if let Ok(to) = next_status(from, action) {
+                    assert!(edges.contains(&(from, to)), "{from} --{action}--> {to} is not in the table");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_edge_of_the_design_table_is_reachable_by_some_action() {
+        for (from, to) in design_edges() {
+            let reachable = Action::ALL.into_iter().any(|a| next_status(from, a) == Ok(to));
+            assert!(reachable, "{from} -> {to} cannot be reached");
+        }
+    }
+
+    #[test]
+    fn every_state_and_action_pair_has_the_expected_outcome() {
+        use Action as A;
+        use Status as S;
+        let expected: &[(S, A, Option<S>)] = &[
+            (S::Draft, A::Schedule, Some(S::Scheduled)),
+            (S::Draft, A::Unschedule, None),
+            (S::Draft, A::Start, Some(S::Sending)),
+            (S::Draft, A::Pause, None),
+            (S::Draft, A::Resume, None),
+            (S::Draft, A::Stop, Some(S::Stopped)),
+            (S::Draft, A::Complete, None),
+            (S::Draft, A::Fail, None),
+            (S::Scheduled, A::Schedule, None),
+            (S::Scheduled, A::Unschedule, Some(S::Draft)),
+            (S::Scheduled, A::Start, Some(S::Sending)),
+            (S::Scheduled, A::Pause, None),
+            (S::Scheduled, A::Resume, None),
+            (S::Scheduled, A::Stop, Some(S::Stopped)),
+            (S::Scheduled, A::Complete, None),
+            (S::Scheduled, A::Fail, None),
+            (S::Sending, A::Schedule, None),
+            (S::Sending, A::Unschedule, None),
+            (S::Sending, A::Start, None),
+            (S::Sending, A::Pause, Some(S::Paused)),
+            (S::Sending, A::Resume, None),
+            (S::Sending, A::Stop, Some(S::Stopped)),
+            (S::Sending, A::Complete, Some(S::Completed)),
+            (S::Sending, A::Fail, Some(S::Failed)),
+            (S::Paused, A::Schedule, None),
+            (S::Paused, A::Unschedule, None),
+            (S::Paused, A::Start, None),
+            (S::Paused, A::Pause, None),
+            (S::Paused, A::Resume, Some(S::Sending)),
+            (S::Paused, A::Stop, Some(S::Stopped)),
+            (S::Paused, A::Complete, None),
+            (S::Paused, A::Fail, Some(S::Failed)),
+        ];
+        for &(from, action, to) in expected {
+            assert_eq!(next_status(from, action).ok(), to, "{from} + {action}");
+        }
+        // Terminal states accept nothing.
+        for from in [S::Stopped, S::Completed, S::Failed] {
+            for action in A::ALL {
+                assert!(next_status(from, action).is_err(), "{from} + {action} must be refused");
+            }
+        }
+        assert_eq!(expected.len() + 3 * A::ALL.len(), Status::ALL.len() * A::ALL.len());
+    }
+
+    #[test]
+    fn status_names_round_trip_through_their_text_form() {
+        for s in Status::ALL {
+            assert_eq!(s.as_str().parse::<Status>(), Ok(s));
+        }
+        assert!("sending_testab".parse::<Status>().is_err());
+    }
+}

@@ -1,0 +1,237 @@
+//! The one function through which every campaign transition passes.
+//!
+//! In one transaction it locks the campaign row, checks the transition table,
+//! updates the projection and its version, appends the event, and commits. After
+//! the commit the outbox fast path publishes the event; the relay covers whatever
+//! the fast path misses (for example while NATS is down).
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use crate::campaigns::{Campaign, CAMPAIGN_COLUMNS};
+use crate::contracts::TriggeredBy;
+use crate::lifecycle::{next_status, Action, InvalidTransition, Status};
+use crate::outbox::Outbox;
+
+/// Who asked, and how to trace it.
+#[derive(Debug, Clone)]
+pub struct Actor {
+    /// `tenant:<name>` for API callers, `system:<component>` for workers.
+    pub name: String,
+    /// The caller's `X-Correlation-Id`, already validated.
+    pub request_correlation_id: Option<String>,
+}
+
+impl Actor {
+    pub fn system(component: &str) -> Self {
+        Self { name: format!("system:{component}"), request_correlation_id: None }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TransitionRequest {
+    pub campaign_id: Uuid,
+    /// Scopes the lookup to one tenant; `None` for system callers.
+    pub tenant_id: Option<Uuid>,
+    pub action: Action,
+    /// `If-Match`: the version the caller last saw.
+    pub expected_version: Option<i64>,
+    /// Required by `schedule`.
+    pub scheduled_at: Option<DateTime<Utc>>,
+    pub actor: Actor,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransitionError {
+    #[error("campaign not found")]
+    NotFound,
+    #[error(transparent)]
+    Invalid(#[from] InvalidTransition),
+    #[error("campaign is at version {current}, not {expected}")]
+    VersionMismatch { current: i64, expected: i64 },
+    #[error("{0}")]
+    Precondition(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// A committed transition.
+#[derive(Debug, Clone)]
+pub struct Transitioned {
+    pub campaign: Campaign,
+    pub event_id: Uuid,
+    pub from: Status,
+}
+
+/// Appends one event under the caller's lock of the campaign row.
+pub async fn append_event(
+    tx: &mut Transaction<'_, Postgres>,
+    campaign_id: Uuid,
+    event_type: &str,
+    payload: serde_json::Value,
+    actor: &Actor,
+) -> Result<Uuid, sqlx::Error> {
+    let event_id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO campaign_events
+             (id, campaign_id, seq, type, payload, actor, correlation_id, request_correlation_id)
+         VALUES ($1, $2,
+             (SELECT coalesce(max(seq), 0) + 1 FROM campaign_events WHERE campaign_id = $2),
+             $3, $4, $5, $6, $7)",
+    )
+    .bind(event_id)
+    .bind(campaign_id)
+    .bind(event_type)
+    .bind(payload)
+    .bind(&actor.name)
+    .bind(Uuid::new_v4())
+    .bind(&actor.request_correlation_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(event_id)
+}
+
+async fn lock_campaign(
+    tx: &mut Transaction<'_, Postgres>,
+    id: Uuid,
+    tenant: Option<Uuid>,
+) -> Result<Option<Campaign>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {CAMPAIGN_COLUMNS} FROM campaigns
+         WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) FOR UPDATE"
+    )))
+    .bind(id)
+    .bind(tenant)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+/// Work still open in the ledger: completion must wait for it.
+async fn has_open_recipients(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM recipients WHERE campaign_id = $1 AND status IN ('pending', 'sending'))",
+    )
+    .bind(id)
+    .fetch_one(&mut **tx)
+    .await
+}
+
+async fn update_projection(
+    tx: &mut Transaction<'_, Postgres>,
+    id: Uuid,
+    to: Status,
+    action: Action,
+    scheduled_at: Option<DateTime<Utc>>,
+) -> Result<Campaign, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE campaigns SET
+             status = $2,
+             version = version + 1,
+             run_epoch = run_epoch + CASE WHEN $3 THEN 1 ELSE 0 END,
+             scheduled_at = CASE WHEN $4 = 'schedule' THEN $5
+                                 WHEN $4 = 'unschedule' THEN NULL ELSE scheduled_at END,
+             started_at = CASE WHEN $4 = 'start' THEN coalesce(started_at, now()) ELSE started_at END,
+             finished_at = CASE WHEN $2 IN ('stopped', 'completed', 'failed') THEN now() ELSE finished_at END,
+             updated_at = now()
+         WHERE id = $1
+         RETURNING {CAMPAIGN_COLUMNS}"
+    )))
+    .bind(id)
+    .bind(to.as_str())
+    .bind(action.opens_run_epoch())
+    .bind(action.as_str())
+    .bind(scheduled_at)
+    .fetch_one(&mut **tx)
+    .await
+}
+
+/// Runs the transition in one transaction. Does not publish: see [`Lifecycle`].
+pub async fn commit_transition(pool: &PgPool, request: &TransitionRequest) -> Result<Transitioned, TransitionError> {
+    let mut tx = pool.begin().await?;
+    let current = lock_campaign(&mut tx, request.campaign_id, request.tenant_id)
+        .await?
+        .ok_or(TransitionError::NotFound)?;
+    if let Some(expected) = request.expected_version {
+        if expected != current.version {
+            return Err(TransitionError::VersionMismatch { current: current.version, expected });
+        }
+    }
+    let to = next_status(current.status, request.action)?;
+    match request.action {
+        Action::Schedule => match request.scheduled_at.or(current.scheduled_at) {
+            Some(at) if at > Utc::now() => {}
+            Some(_) => return Err(TransitionError::Precondition("scheduled_at must be in the future".into())),
+            None => return Err(TransitionError::Precondition("schedule needs a scheduled_at time".into())),
+        },
+        Action::Complete => {
+            if current.packed_epoch < current.run_epoch || has_open_recipients(&mut tx, current.id).await? {
+                return Err(TransitionError::Precondition("recipients are still open".into()));
+            }
+        }
+        _ => {}
+    }
+    let scheduled_at = request.scheduled_at.or(current.scheduled_at);
+    let campaign = update_projection(&mut tx, current.id, to, request.action, scheduled_at).await?;
+    let triggered_by = match (request.action, current.status) {
+        (Action::Resume, _) => Some(TriggeredBy::Resume),
+        (Action::Start, Status::Scheduled) if request.actor.name.starts_with("system:") => Some(TriggeredBy::Schedule),
+        (Action::Start, _) => Some(TriggeredBy::Manual),
+        _ => None,
+    };
+    let payload = serde_json::json!({
+        "from": current.status,
+        "to": to,
+        "version": campaign.version,
+        "runEpoch": campaign.run_epoch,
+        "triggeredBy": triggered_by,
+    });
+    let event_id = append_event(&mut tx, current.id, request.action.event_type(), payload, &request.actor).await?;
+    tx.commit().await?;
+    Ok(Transitioned { campaign, event_id, from: current.status })
+}
+
+/// The lifecycle service: commit, then publish through the outbox fast path.
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    pub pool: PgPool,
+    pub outbox: Outbox,
+}
+
+impl Lifecycle {
+    pub fn new(pool: PgPool, outbox: Outbox) -> Self {
+        Self { pool, outbox }
+    }
+
+    pub async fn apply(&self, request: TransitionRequest) -> Result<Transitioned, TransitionError> {
+        let done = commit_transition(&self.pool, &request).await?;
+        metrics::counter!("herald_transitions_total", "action" => request.action.as_str()).increment(1);
+        // The transition is committed; publishing is best effort here and the relay
+        // guarantees delivery, so a NATS outage never fails the caller.
+        self.outbox.publish_fast(done.campaign.id).await;
+        Ok(done)
+    }
+}
+
+/// Completes the campaign if every recipient of a fully packed epoch is terminal.
+/// Safe to call from any replica at any time: the transition re-checks the ledger
+/// under the row lock, so completion happens once, and never to a paused or
+/// stopped campaign. Returns true if this call completed it.
+pub async fn complete_if_done(lifecycle: &Lifecycle, campaign_id: Uuid, component: &str) -> Result<bool, sqlx::Error> {
+    let request = TransitionRequest {
+        campaign_id,
+        tenant_id: None,
+        action: Action::Complete,
+        expected_version: None,
+        scheduled_at: None,
+        actor: Actor::system(component),
+    };
+    match lifecycle.apply(request).await {
+        Ok(_) => {
+            tracing::info!(%campaign_id, "campaign completed");
+            Ok(true)
+        }
+        Err(TransitionError::Database(e)) => Err(e),
+        Err(_) => Ok(false),
+    }
+}

@@ -1,0 +1,196 @@
+//! The loop around every work consumer (`campaigns.pack`, `campaigns.send`).
+//!
+//! Workers are written as step functions `message -> StepOutcome`; this module owns
+//! everything around them: pulling, schema validation, bounded concurrency,
+//! acks, dead letters, panics and shutdown. A bad message is terminated and
+//! dead-lettered, never redelivered forever, and never crashes the consumer.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{self, AckKind};
+use futures::{FutureExt, StreamExt};
+use tokio::sync::Semaphore;
+
+use crate::bus::{Bus, REQUEST_CORRELATION_HEADER};
+use crate::contracts::{self, Contract, DeadLetter};
+use crate::CancellationToken;
+
+/// What a step decided about its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// Done (or nothing to do): acknowledge.
+    Ack,
+    /// Try again later, for example while Postgres is down.
+    Retry { delay: Duration },
+    /// The message can never succeed: terminate and dead-letter it.
+    DeadLetter { reason: String },
+}
+
+/// A message being handled, for steps that need more than the payload.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    message: Arc<jetstream::Message>,
+}
+
+impl Delivery {
+    /// The caller's `X-Correlation-Id`, carried as a header.
+    pub fn request_correlation_id(&self) -> Option<String> {
+        self.message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(REQUEST_CORRELATION_HEADER))
+            .map(|v| v.as_str().to_owned())
+    }
+
+    /// Extends the ack deadline while long work goes on.
+    pub async fn in_progress(&self) {
+        if let Err(error) = self.message.ack_with(AckKind::Progress).await {
+            tracing::debug!(%error, "progress ack failed");
+        }
+    }
+
+    pub fn delivered_count(&self) -> i64 {
+        self.message.info().map(|i| i.delivered).unwrap_or(1)
+    }
+}
+
+/// Names used in dead letters and metrics.
+#[derive(Debug, Clone)]
+pub struct WorkerIdentity {
+    pub consumer: String,
+    pub replica_id: String,
+}
+
+/// After this many deliveries a message that keeps asking for retry is dead-lettered.
+const MAX_RETRY_DELIVERIES: i64 = 15;
+
+async fn settle(bus: &Bus, identity: &WorkerIdentity, message: &jetstream::Message, outcome: StepOutcome) {
+    let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
+    let outcome = match outcome {
+        StepOutcome::Retry { .. } if delivered >= MAX_RETRY_DELIVERIES => StepOutcome::DeadLetter {
+            reason: format!("still failing after {delivered} deliveries"),
+        },
+        other => other,
+    };
+    let result = match outcome {
+        StepOutcome::Ack => message.ack().await,
+        StepOutcome::Retry { delay } => message.ack_with(AckKind::Nak(Some(delay))).await,
+        StepOutcome::DeadLetter { reason } => {
+            dead_letter(bus, identity, message, &reason).await;
+            message.ack_with(AckKind::Term).await
+        }
+    };
+    if let Err(error) = result {
+        tracing::warn!(%error, consumer = %identity.consumer, "could not settle message; it will be redelivered");
+    }
+}
+
+/// Copies a message to the dead-letter subject with its reason.
+pub async fn dead_letter(bus: &Bus, identity: &WorkerIdentity, message: &jetstream::Message, reason: &str) {
+    tracing::warn!(subject = %message.subject, consumer = %identity.consumer, %reason, "dead-lettering message");
+    let mut letter = DeadLetter::new(&message.subject, reason, &identity.consumer, &identity.replica_id, &message.payload);
+    if let Ok(info) = message.info() {
+        letter.stream_sequence = Some(info.stream_sequence);
+        letter.delivered_count = Some(info.delivered);
+    }
+    bus.dead_letter(letter).await;
+}
+
+async fn handle_one<T, F, Fut>(bus: Bus, identity: WorkerIdentity, message: jetstream::Message, step: F)
+where
+    T: Contract,
+    F: Fn(T, Delivery) -> Fut,
+    Fut: Future<Output = StepOutcome>,
+{
+    let outcome = match contracts::decode::<T>(&message.payload) {
+        Err(error) => StepOutcome::DeadLetter { reason: error.to_string() },
+        Ok(payload) => {
+            let message = Arc::new(message.clone());
+            let delivery = Delivery { message };
+            match AssertUnwindSafe(step(payload, delivery)).catch_unwind().await {
+                Ok(outcome) => outcome,
+                Err(_) => StepOutcome::DeadLetter { reason: "handler panicked".into() },
+            }
+        }
+    };
+    metrics::counter!("herald_messages_handled_total", "consumer" => identity.consumer.clone(),
+        "outcome" => match &outcome { StepOutcome::Ack => "ack", StepOutcome::Retry { .. } => "retry", StepOutcome::DeadLetter { .. } => "dead_letter" })
+    .increment(1);
+    settle(&bus, &identity, &message, outcome).await;
+}
+
+/// Pulls from a shared work consumer and runs `step` on each message, at most
+/// `max_in_flight` at a time, until `shutdown`. In-flight steps finish first.
+pub async fn run_work_loop<T, C, CFut, F, Fut>(
+    bus: Bus,
+    identity: WorkerIdentity,
+    consumer: C,
+    max_in_flight: usize,
+    shutdown: CancellationToken,
+    step: F,
+) -> anyhow::Result<()>
+where
+    T: Contract + Send + 'static,
+    C: Fn() -> CFut,
+    CFut: Future<Output = anyhow::Result<PullConsumer>>,
+    F: Fn(T, Delivery) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = StepOutcome> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(max_in_flight));
+    'reconnect: while !shutdown.is_cancelled() {
+        let messages = async {
+            let pull = consumer().await?;
+            let stream = pull
+                .stream()
+                .max_messages_per_batch(max_in_flight)
+                .heartbeat(Duration::from_secs(5))
+                .messages()
+                .await?;
+            anyhow::Ok(stream)
+        }
+        .await;
+        let mut messages = match messages {
+            Ok(m) => m,
+            Err(error) => {
+                tracing::warn!(%error, consumer = %identity.consumer, "work consumer unavailable; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break 'reconnect,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue 'reconnect,
+                }
+            }
+        };
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break 'reconnect,
+                permit = slots.clone().acquire_owned() => permit?,
+            };
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break 'reconnect,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => {
+                    let (bus, identity, step) = (bus.clone(), identity.clone(), step.clone());
+                    tokio::spawn(async move {
+                        handle_one::<T, _, _>(bus, identity, message, step).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(error)) => {
+                    tracing::warn!(%error, consumer = %identity.consumer, "pull error");
+                    if matches!(error.kind(), async_nats::jetstream::consumer::pull::MessagesErrorKind::ConsumerDeleted) {
+                        continue 'reconnect;
+                    }
+                }
+                None => continue 'reconnect,
+            }
+        }
+    }
+    // Let in-flight steps finish so their messages are settled, not redelivered.
+    let _ = tokio::time::timeout(Duration::from_secs(30), slots.acquire_many(max_in_flight as u32)).await;
+    Ok(())
+}

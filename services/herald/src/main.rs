@@ -1,0 +1,160 @@
+//! `herald`: one binary for every Herald service.
+//!
+//! `herald all` runs the api, a packer and a sender in one process (the laptop
+//! default); `herald api|packer|sender` run one service each, so they can be scaled
+//! out separately. Every setting is an environment variable and a flag
+//! (`herald <command> --help`).
+
+use clap::{Parser, Subcommand};
+use herald_api::ApiConfig;
+use herald_core::config::CommonConfig;
+use herald_core::CancellationToken;
+use herald_packer::PackerConfig;
+use herald_sender::SenderConfig;
+
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about = "Outbound message campaigns with a pause that really pauses")]
+struct Cli {
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text", global = true)]
+    log_format: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create the database if needed and apply migrations, then exit.
+    Migrate {
+        #[command(flatten)]
+        common: CommonConfig,
+    },
+    /// Run the HTTP API, the outbox relay and the scheduler.
+    Api {
+        #[command(flatten)]
+        common: CommonConfig,
+        #[command(flatten)]
+        api: ApiConfig,
+    },
+    /// Run one packer replica.
+    Packer {
+        #[command(flatten)]
+        common: CommonConfig,
+        #[command(flatten)]
+        packer: PackerConfig,
+    },
+    /// Run one sender replica.
+    Sender {
+        #[command(flatten)]
+        common: CommonConfig,
+        #[command(flatten)]
+        sender: SenderConfig,
+    },
+    /// Run the api, one packer and one sender in this process.
+    All {
+        #[command(flatten)]
+        common: CommonConfig,
+        #[command(flatten)]
+        api: ApiConfig,
+        #[command(flatten)]
+        packer: PackerConfig,
+        #[command(flatten)]
+        sender: SenderConfig,
+    },
+    /// Manage API tokens.
+    Tokens {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token for a tenant (created if new). The token is printed once.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        common: CommonConfig,
+    },
+}
+
+fn init_logging(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("installing the SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutting down");
+        trigger.cancel();
+    });
+    token
+}
+
+/// Each service gets its own replica id suffix, so `all` has distinct consumers.
+fn for_service(common: &CommonConfig, service: &str) -> CommonConfig {
+    let mut common = common.clone();
+    common.replica_id = Some(format!("{}-{service}", common.replica_id()));
+    common
+}
+
+async fn run_all(common: CommonConfig, api: ApiConfig, packer: PackerConfig, sender: SenderConfig) -> anyhow::Result<()> {
+    let shutdown = shutdown_on_signal();
+    // Migrate first so the workers do not race the api on an empty database.
+    herald_core::db::migrate_with_retry(&common, &shutdown).await?;
+    let api_task = tokio::spawn(herald_api::run(common.clone(), api, shutdown.clone()));
+    let packer_task = tokio::spawn(herald_packer::run(for_service(&common, "packer"), packer, shutdown.clone()));
+    let sender_task = tokio::spawn(herald_sender::run(for_service(&common, "sender"), sender, shutdown.clone()));
+    let (a, p, s) = tokio::join!(api_task, packer_task, sender_task);
+    shutdown.cancel();
+    a??;
+    p??;
+    s??;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    match cli.command {
+        Command::Migrate { common } => {
+            herald_core::db::migrate(&common).await?;
+            println!("migrations applied");
+        }
+        Command::Api { common, api } => herald_api::run(common, api, shutdown_on_signal()).await?,
+        Command::Packer { common, packer } => herald_packer::run(common, packer, shutdown_on_signal()).await?,
+        Command::Sender { common, sender } => herald_sender::run(common, sender, shutdown_on_signal()).await?,
+        Command::All { common, api, packer, sender } => run_all(common, api, packer, sender).await?,
+        Command::Tokens { command: TokenCommand::Create { tenant, common } } => {
+            herald_core::db::migrate(&common).await?;
+            let pool = herald_core::db::pool(&common)?;
+            let (tenant, token) = herald_core::auth::create_token(&pool, &tenant).await?;
+            eprintln!("Created a token for tenant {:?}. It is shown only this once:", tenant.name);
+            println!("{token}");
+        }
+    }
+    Ok(())
+}
