@@ -76,6 +76,7 @@ CREATE TABLE recipients (
     provider_message_id text,
     lease_token         uuid,
     lease_expires_at    timestamptz,
+    claimed_at          timestamptz,
     sent_at             timestamptz,
     updated_at          timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (campaign_id, id),

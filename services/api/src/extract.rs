@@ -90,11 +90,19 @@ pub struct IfMatch(pub i64);
 impl<S: Send + Sync> OptionalFromRequestParts<S> for IfMatch {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Option<Self>, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
         let Some(value) = parts.headers.get(axum::http::header::IF_MATCH) else {
             return Ok(None);
         };
-        let text = value.to_str().unwrap_or("").trim().trim_start_matches("W/").trim_matches('"');
+        let text = value
+            .to_str()
+            .unwrap_or("")
+            .trim()
+            .trim_start_matches("W/")
+            .trim_matches('"');
         text.parse::<i64>()
             .map(|v| Some(IfMatch(v)))
             .map_err(|_| ApiError::bad_request("If-Match must be a campaign version number"))

@@ -16,14 +16,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use axum::Router;
+use herald_core::CancellationToken;
 use herald_core::bus::Bus;
 use herald_core::config::CommonConfig;
 use herald_core::outbox::Outbox;
 use herald_core::transitions::Lifecycle;
-use herald_core::CancellationToken;
 use tower_http::trace::TraceLayer;
 
 use crate::state::{AppState, Limits};
@@ -32,7 +32,11 @@ use crate::state::{AppState, Limits};
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApiConfig {
     /// HTTP listen address.
-    #[arg(long = "listen", env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
+    #[arg(
+        long = "listen",
+        env = "HERALD_LISTEN",
+        default_value = "127.0.0.1:8080"
+    )]
     pub listen: SocketAddr,
 
     /// Largest JSON request body, in bytes (413 above).
@@ -70,12 +74,23 @@ pub fn router(state: AppState) -> Router {
     let import_limit = state.limits.import_body_bytes;
     let json_limit = state.limits.json_body_bytes;
     let imports = Router::new()
-        .route("/v1/campaigns/{id}/recipients", post(r::import_recipients).get(r::list_recipients))
+        .route(
+            "/v1/campaigns/{id}/recipients",
+            post(r::import_recipients).get(r::list_recipients),
+        )
         .layer(DefaultBodyLimit::max(import_limit));
     Router::new()
-        .route("/v1/campaigns", post(c::create_campaign).get(c::list_campaigns))
+        .route(
+            "/v1/campaigns",
+            post(c::create_campaign).get(c::list_campaigns),
+        )
         .route("/v1/campaigns/bulk/{action}", post(c::bulk_transition))
-        .route("/v1/campaigns/{id}", get(c::get_campaign).patch(c::update_campaign).delete(c::delete_campaign))
+        .route(
+            "/v1/campaigns/{id}",
+            get(c::get_campaign)
+                .patch(c::update_campaign)
+                .delete(c::delete_campaign),
+        )
         .route("/v1/campaigns/{id}/duplicate", post(c::duplicate_campaign))
         .route("/v1/campaigns/{id}/events", get(c::campaign_events))
         .route("/v1/campaigns/{id}/{action}", post(c::transition_campaign))
@@ -84,7 +99,13 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(h::healthz))
         .route("/readyz", get(h::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
-        .fallback(|| async { error::ApiError::new(axum::http::StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .fallback(|| async {
+            error::ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route",
+            )
+        })
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -98,7 +119,10 @@ pub async fn build_state(common: &CommonConfig, config: &ApiConfig) -> anyhow::R
         lifecycle: Lifecycle::new(pool.clone(), outbox),
         pool,
         bus,
-        limits: Limits { json_body_bytes: config.max_body_bytes, import_body_bytes: config.max_import_bytes },
+        limits: Limits {
+            json_body_bytes: config.max_body_bytes,
+            import_body_bytes: config.max_import_bytes,
+        },
     })
 }
 
@@ -143,7 +167,11 @@ pub async fn run_with_listener(
     Ok(())
 }
 
-pub async fn run(common: CommonConfig, config: ApiConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    common: CommonConfig,
+    config: ApiConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;

@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
+use herald_core::CancellationToken;
 use herald_core::lifecycle::Action;
 use herald_core::transitions::{Actor, Lifecycle, TransitionError, TransitionRequest};
-use herald_core::CancellationToken;
 use uuid::Uuid;
 
 async fn due_campaigns(pool: &sqlx::PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
@@ -41,7 +41,9 @@ pub async fn start_due_campaigns(lifecycle: &Lifecycle) -> Result<usize, sqlx::E
             // Another replica won the race, or the campaign was stopped meanwhile.
             Err(TransitionError::Invalid(_) | TransitionError::NotFound) => {}
             Err(TransitionError::Database(e)) => return Err(e),
-            Err(other) => tracing::warn!(campaign_id = %id, error = %other, "could not start scheduled campaign"),
+            Err(other) => {
+                tracing::warn!(campaign_id = %id, error = %other, "could not start scheduled campaign")
+            }
         }
     }
     Ok(started)

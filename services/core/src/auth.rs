@@ -21,7 +21,10 @@ pub fn hash_token(token: &str) -> Vec<u8> {
 
 fn new_token() -> String {
     let bytes: [u8; 32] = rand::random();
-    format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
 }
 
 /// Creates the tenant if needed and a fresh token for it. The plain token is returned
@@ -47,7 +50,13 @@ pub async fn create_token(pool: &PgPool, tenant_name: &str) -> anyhow::Result<(T
         .bind(hash_token(&token))
         .execute(pool)
         .await?;
-    Ok((Tenant { id: tenant_id, name: tenant_name.to_owned() }, token))
+    Ok((
+        Tenant {
+            id: tenant_id,
+            name: tenant_name.to_owned(),
+        },
+        token,
+    ))
 }
 
 /// Resolves a bearer token to its tenant, or `None` when it is unknown or revoked.

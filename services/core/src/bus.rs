@@ -11,8 +11,8 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use async_nats::jetstream::{self, consumer, stream};
 use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
 use uuid::Uuid;
 
@@ -33,7 +33,9 @@ pub struct Subjects {
 
 impl Subjects {
     pub fn new(prefix: &str) -> Self {
-        Self { prefix: prefix.to_owned() }
+        Self {
+            prefix: prefix.to_owned(),
+        }
     }
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -121,7 +123,12 @@ impl Bus {
         let client = options
             .connect(config.nats_url.as_str())
             .await
-            .with_context(|| format!("connecting to NATS at {}", crate::config::redact_url(&config.nats_url)))?;
+            .with_context(|| {
+                format!(
+                    "connecting to NATS at {}",
+                    crate::config::redact_url(&config.nats_url)
+                )
+            })?;
         let js = jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(5))
             // Stay well under the server's 5,000 pending-ack backpressure (DESIGN.md).
@@ -195,7 +202,10 @@ impl Bus {
     }
 
     /// Provisions, retrying until NATS answers or shutdown is asked for.
-    pub async fn provision_with_retry(&self, shutdown: &crate::CancellationToken) -> anyhow::Result<()> {
+    pub async fn provision_with_retry(
+        &self,
+        shutdown: &crate::CancellationToken,
+    ) -> anyhow::Result<()> {
         let mut delay = Duration::from_millis(200);
         loop {
             match self.provision().await {
@@ -214,7 +224,10 @@ impl Bus {
 
     /// Workers wait for the api to provision the streams: their credentials may
     /// read stream info but not create or change streams.
-    pub async fn wait_for_streams(&self, shutdown: &crate::CancellationToken) -> anyhow::Result<()> {
+    pub async fn wait_for_streams(
+        &self,
+        shutdown: &crate::CancellationToken,
+    ) -> anyhow::Result<()> {
         let mut delay = Duration::from_millis(100);
         loop {
             let work = self.js.get_stream(&self.streams.work).await;
@@ -233,7 +246,11 @@ impl Bus {
 
     /// The shared durable pull consumer of one work subject (`packer` or `sender`).
     pub async fn work_consumer(&self, durable: &str) -> anyhow::Result<consumer::PullConsumer> {
-        let filter = if durable == PACKER_DURABLE { self.subjects.pack() } else { self.subjects.send() };
+        let filter = if durable == PACKER_DURABLE {
+            self.subjects.pack()
+        } else {
+            self.subjects.send()
+        };
         let config = consumer::pull::Config {
             durable_name: Some(durable.to_owned()),
             filter_subject: filter,
@@ -243,7 +260,11 @@ impl Bus {
             max_ack_pending: 10_000,
             ..Default::default()
         };
-        let stream = self.js.get_stream(&self.streams.work).await.context("work stream missing")?;
+        let stream = self
+            .js
+            .get_stream(&self.streams.work)
+            .await
+            .context("work stream missing")?;
         let consumer = stream
             .get_or_create_consumer(durable, config)
             .await
@@ -260,7 +281,8 @@ impl Bus {
         request_correlation_id: Option<&str>,
     ) -> anyhow::Result<()> {
         let payload = contracts::encode(message)?;
-        self.publish_raw(subject, payload, message_id, request_correlation_id).await
+        self.publish_raw(subject, payload, message_id, request_correlation_id)
+            .await
     }
 
     pub async fn publish_raw(
@@ -295,7 +317,10 @@ impl Bus {
             .unwrap_or(&letter.original_subject)
             .to_owned();
         let message_id = format!("dlq-{}", letter.correlation_id);
-        if let Err(error) = self.publish_contract(subject, &letter, &message_id, None).await {
+        if let Err(error) = self
+            .publish_contract(subject, &letter, &message_id, None)
+            .await
+        {
             tracing::error!(error = %format!("{error:#}"), "could not write dead letter");
         }
     }

@@ -29,7 +29,9 @@ pub struct Campaign {
 }
 
 /// Recipients per ledger state.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 pub struct Counters {
     pub total: i64,
     pub pending: i64,
@@ -52,7 +54,9 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Campaign {
             name: row.try_get("name")?,
             channel: row.try_get("channel")?,
             template: row.try_get("template")?,
-            status: status.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            status: status
+                .parse()
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
             version: row.try_get("version")?,
             run_epoch: row.try_get("run_epoch")?,
             packed_epoch: row.try_get("packed_epoch")?,
@@ -90,7 +94,10 @@ pub async fn fetch_campaign<'e>(
 }
 
 /// Just the status: what the sender's cache re-reads.
-pub async fn fetch_status<'e>(db: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Status>, sqlx::Error> {
+pub async fn fetch_status<'e>(
+    db: impl PgExecutor<'e>,
+    id: Uuid,
+) -> Result<Option<Status>, sqlx::Error> {
     let status: Option<String> = sqlx::query_scalar("SELECT status FROM campaigns WHERE id = $1")
         .bind(id)
         .fetch_optional(db)

@@ -16,7 +16,11 @@ pub enum Channel {
     /// Write each message as one JSON line to standard output.
     Log,
     /// Evolution API (WhatsApp): `POST {base_url}/message/sendText/{instance}`.
-    Evolution { base_url: String, instance: String, api_key: String },
+    Evolution {
+        base_url: String,
+        instance: String,
+        api_key: String,
+    },
 }
 
 impl std::fmt::Debug for Channel {
@@ -37,7 +41,8 @@ impl Channel {
     /// Checks what serde cannot: URLs parse and use http(s), names are not empty.
     pub fn validate(&self) -> Result<(), String> {
         fn http_url(field: &str, value: &str) -> Result<(), String> {
-            let parsed = url::Url::parse(value).map_err(|e| format!("{field} is not a valid URL: {e}"))?;
+            let parsed =
+                url::Url::parse(value).map_err(|e| format!("{field} is not a valid URL: {e}"))?;
             if !matches!(parsed.scheme(), "http" | "https") {
                 return Err(format!("{field} must be an http or https URL"));
             }
@@ -52,7 +57,11 @@ impl Channel {
                 Ok(())
             }
             Channel::Log => Ok(()),
-            Channel::Evolution { base_url, instance, api_key } => {
+            Channel::Evolution {
+                base_url,
+                instance,
+                api_key,
+            } => {
                 http_url("channel.base_url", base_url)?;
                 if instance.trim().is_empty() || instance.contains('/') {
                     return Err("channel.instance must be a non-empty name without '/'".into());
@@ -86,7 +95,8 @@ mod tests {
 
     #[test]
     fn channels_parse_from_their_documented_shapes() {
-        let hook: Channel = serde_json::from_value(json!({"provider": "webhook", "url": "http://x/y"})).unwrap();
+        let hook: Channel =
+            serde_json::from_value(json!({"provider": "webhook", "url": "http://x/y"})).unwrap();
         assert_eq!(hook.provider(), "webhook");
         assert!(hook.validate().is_ok());
         let log: Channel = serde_json::from_value(json!({"provider": "log"})).unwrap();
@@ -97,13 +107,17 @@ mod tests {
         .unwrap();
         assert!(evo.validate().is_ok());
         assert!(serde_json::from_value::<Channel>(json!({"provider": "pigeon"})).is_err());
-        let ftp: Channel = serde_json::from_value(json!({"provider": "webhook", "url": "ftp://x"})).unwrap();
+        let ftp: Channel =
+            serde_json::from_value(json!({"provider": "webhook", "url": "ftp://x"})).unwrap();
         assert!(ftp.validate().is_err());
     }
 
     #[test]
     fn redacted_channels_never_show_secrets() {
-        let hook = Channel::Webhook { url: "http://x".into(), secret: Some("topsecret".into()) };
+        let hook = Channel::Webhook {
+            url: "http://x".into(),
+            secret: Some("topsecret".into()),
+        };
         assert!(!hook.redacted().to_string().contains("topsecret"));
         assert!(!format!("{hook:?}").contains("topsecret"));
     }

@@ -6,7 +6,11 @@ use std::fmt;
 #[derive(Clone, clap::Args)]
 pub struct CommonConfig {
     /// Postgres connection URL. The database is created if it does not exist.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres@127.0.0.1:5432/herald")]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/herald"
+    )]
     pub database_url: String,
 
     /// Maximum Postgres connections in this process's pool.
@@ -81,7 +85,13 @@ impl CommonConfig {
 /// Keeps `[A-Za-z0-9_-]` and replaces everything else, as NATS consumer names need.
 pub fn sanitize_name(raw: &str) -> String {
     raw.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .take(64)
         .collect()
 }
@@ -135,6 +145,10 @@ mod tests {
         cfg.replica_id = Some("sender.a b/1".into());
         assert_eq!(cfg.replica_id(), "sender_a_b_1");
         cfg.replica_id = None;
-        assert!(cfg.replica_id().chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert!(
+            cfg.replica_id()
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        );
     }
 }

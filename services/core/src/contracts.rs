@@ -23,12 +23,15 @@ pub enum ContractError {
     #[error("payload is not JSON: {0}")]
     NotJson(String),
     #[error("payload violates {schema}: {detail}")]
-    SchemaViolation { schema: &'static str, detail: String },
+    SchemaViolation {
+        schema: &'static str,
+        detail: String,
+    },
 }
 
 fn compile(schema_text: &str) -> jsonschema::Validator {
-    let schema: serde_json::Value =
-        serde_json::from_str(schema_text).expect("schemas/*.json are valid JSON (checked by tests)");
+    let schema: serde_json::Value = serde_json::from_str(schema_text)
+        .expect("schemas/*.json are valid JSON (checked by tests)");
     jsonschema::draft202012::new(&schema).expect("schemas/*.json compile (checked by tests)")
 }
 
@@ -43,7 +46,10 @@ fn check<T: Contract>(value: &serde_json::Value) -> Result<(), ContractError> {
     } else {
         let mut detail = errors.join("; ");
         detail.truncate(1000);
-        Err(ContractError::SchemaViolation { schema: T::SCHEMA_NAME, detail })
+        Err(ContractError::SchemaViolation {
+            schema: T::SCHEMA_NAME,
+            detail,
+        })
     }
 }
 
@@ -51,7 +57,9 @@ fn check<T: Contract>(value: &serde_json::Value) -> Result<(), ContractError> {
 pub fn encode<T: Contract>(message: &T) -> Result<Bytes, ContractError> {
     let value = serde_json::to_value(message).map_err(|e| ContractError::NotJson(e.to_string()))?;
     check::<T>(&value)?;
-    Ok(Bytes::from(serde_json::to_vec(&value).map_err(|e| ContractError::NotJson(e.to_string()))?))
+    Ok(Bytes::from(
+        serde_json::to_vec(&value).map_err(|e| ContractError::NotJson(e.to_string()))?,
+    ))
 }
 
 /// Parses and validates a message taken from the bus.
@@ -152,7 +160,10 @@ contract!(SendBatch, "campaigns.send.json");
 impl SendBatch {
     /// Deterministic `Nats-Msg-Id`: a redelivered pack message publishes nothing twice.
     pub fn message_id(&self) -> String {
-        format!("send-{}-{}-{}", self.campaign_id, self.run_epoch, self.first_recipient_id)
+        format!(
+            "send-{}-{}-{}",
+            self.campaign_id, self.run_epoch, self.first_recipient_id
+        )
     }
 }
 
@@ -234,7 +245,11 @@ mod tests {
     use serde_json::json;
 
     fn sample_control() -> ControlMessage {
-        ControlMessage { campaign_id: Uuid::new_v4(), action: ControlAction::Pause, correlation_id: Uuid::new_v4() }
+        ControlMessage {
+            campaign_id: Uuid::new_v4(),
+            action: ControlAction::Pause,
+            correlation_id: Uuid::new_v4(),
+        }
     }
 
     #[test]
@@ -285,7 +300,14 @@ mod tests {
             correlation_id: Uuid::new_v4(),
         })
         .unwrap();
-        encode(&DeadLetter::new("campaigns.send", "not JSON", "sender", "sender-1", &[0xff; 100_000])).unwrap();
+        encode(&DeadLetter::new(
+            "campaigns.send",
+            "not JSON",
+            "sender",
+            "sender-1",
+            &[0xff; 100_000],
+        ))
+        .unwrap();
     }
 
     #[test]
@@ -293,7 +315,10 @@ mod tests {
         let campaign = Uuid::new_v4();
         for bad in ["abc-123", "00000000-0000-1000-8000-000000000000", ""] {
             let doc = json!({"campaignId": campaign, "action": "pause", "correlationId": bad});
-            assert!(decode::<ControlMessage>(doc.to_string().as_bytes()).is_err(), "{bad} accepted");
+            assert!(
+                decode::<ControlMessage>(doc.to_string().as_bytes()).is_err(),
+                "{bad} accepted"
+            );
         }
     }
 
@@ -306,15 +331,26 @@ mod tests {
         let extra = json!({"campaignId": campaign, "action": "stop", "correlationId": v4, "requestId": "abc-123"});
         assert!(decode::<ControlMessage>(extra.to_string().as_bytes()).is_err());
         let fine = json!({"campaignId": campaign, "action": "stop", "correlationId": v4});
-        assert_eq!(decode::<ControlMessage>(fine.to_string().as_bytes()).unwrap().action, ControlAction::Stop);
+        assert_eq!(
+            decode::<ControlMessage>(fine.to_string().as_bytes())
+                .unwrap()
+                .action,
+            ControlAction::Stop
+        );
     }
 
     #[test]
     fn truncated_and_wrongly_typed_payloads_are_refused() {
-        assert!(matches!(decode::<SendBatch>(b"{\"campaignId\":"), Err(ContractError::NotJson(_))));
+        assert!(matches!(
+            decode::<SendBatch>(b"{\"campaignId\":"),
+            Err(ContractError::NotJson(_))
+        ));
         let wrong = json!({"campaignId": Uuid::new_v4(), "runEpoch": "1", "firstRecipientId": 1,
             "lastRecipientId": 2, "recipientCount": 2, "correlationId": Uuid::new_v4()});
-        assert!(matches!(decode::<SendBatch>(wrong.to_string().as_bytes()), Err(ContractError::SchemaViolation { .. })));
+        assert!(matches!(
+            decode::<SendBatch>(wrong.to_string().as_bytes()),
+            Err(ContractError::SchemaViolation { .. })
+        ));
         let pack = json!({"campaignId": Uuid::new_v4(), "runEpoch": 1, "triggeredAt": "2026-01-01T00:00:00Z",
             "triggeredBy": "cron", "correlationId": Uuid::new_v4()});
         assert!(decode::<PackRequest>(pack.to_string().as_bytes()).is_err());

@@ -10,15 +10,37 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{self, pull, DeliverPolicy};
 use async_nats::jetstream::AckKind;
+use async_nats::jetstream::consumer::{self, DeliverPolicy, pull};
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 
+use crate::CancellationToken;
 use crate::bus::Bus;
 use crate::contracts::{self, ControlMessage};
-use crate::work::{dead_letter, WorkerIdentity};
-use crate::CancellationToken;
+use crate::work::{WorkerIdentity, dead_letter};
+
+/// Control fast-path settings shared by packer and sender replicas.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControlConfig {
+    /// Listen to campaigns.control (the fast path). Off: senders rely on the
+    /// status TTL recheck alone.
+    #[arg(long, env = "HERALD_CONTROL_FAST_PATH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub control_fast_path: bool,
+
+    /// Seconds the server keeps a replica's control consumer after it goes away.
+    #[arg(long, env = "HERALD_CONTROL_INACTIVE_SECONDS", default_value_t = 3600)]
+    pub control_inactive_seconds: u64,
+}
+
+impl Default for ControlConfig {
+    fn default() -> Self {
+        Self {
+            control_fast_path: true,
+            control_inactive_seconds: 3600,
+        }
+    }
+}
 
 /// A control message as received by one replica.
 #[derive(Debug, Clone)]
@@ -54,7 +76,9 @@ async fn open_control_consumer(
     let stream = bus.js.get_stream(&bus.streams.control).await?;
     let deliver_policy = match last_seen {
         // Recreated after a loss: continue after what we saw, never replay all.
-        Some(seq) => DeliverPolicy::ByStartSequence { start_sequence: seq + 1 },
+        Some(seq) => DeliverPolicy::ByStartSequence {
+            start_sequence: seq + 1,
+        },
         None => DeliverPolicy::New,
     };
     let durable = config.durable_name();
@@ -73,7 +97,11 @@ async fn open_control_consumer(
             },
         )
         .await?;
-    Ok(consumer.stream().heartbeat(Duration::from_secs(5)).messages().await?)
+    Ok(consumer
+        .stream()
+        .heartbeat(Duration::from_secs(5))
+        .messages()
+        .await?)
 }
 
 /// Runs until shutdown, calling `on_signal` for every valid control message.
@@ -86,7 +114,10 @@ pub async fn run_control_listener<F>(
 ) where
     F: Fn(ControlSignal) + Send + Sync,
 {
-    let identity = WorkerIdentity { consumer: config.durable_name(), replica_id: config.replica_id.clone() };
+    let identity = WorkerIdentity {
+        consumer: config.durable_name(),
+        replica_id: config.replica_id.clone(),
+    };
     let mut last_seen: Option<u64> = None;
     while !shutdown.is_cancelled() {
         let mut messages = match open_control_consumer(&bus, &config, last_seen).await {
@@ -115,14 +146,19 @@ pub async fn run_control_listener<F>(
                 }
                 None => break,
             };
-            let info = message.info().ok().map(|i| (i.stream_sequence, i.published));
+            let info = message
+                .info()
+                .ok()
+                .map(|i| (i.stream_sequence, i.published));
             if let Some((seq, _)) = info {
                 last_seen = Some(last_seen.map_or(seq, |s| s.max(seq)));
             }
             match contracts::decode::<ControlMessage>(&message.payload) {
                 Ok(control) => {
                     let published_at = info
-                        .and_then(|(_, p)| DateTime::from_timestamp_nanos(p.unix_timestamp_nanos() as i64).into())
+                        .and_then(|(_, p)| {
+                            DateTime::from_timestamp_nanos(p.unix_timestamp_nanos() as i64).into()
+                        })
                         .unwrap_or_else(Utc::now);
                     let request_correlation_id = message
                         .headers

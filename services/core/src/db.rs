@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-use crate::config::{redact_url, CommonConfig};
+use crate::config::{CommonConfig, redact_url};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
@@ -47,7 +47,10 @@ pub async fn migrate(config: &CommonConfig) -> anyhow::Result<()> {
 }
 
 /// Migrates, retrying while Postgres is unreachable.
-pub async fn migrate_with_retry(config: &CommonConfig, shutdown: &crate::CancellationToken) -> anyhow::Result<()> {
+pub async fn migrate_with_retry(
+    config: &CommonConfig,
+    shutdown: &crate::CancellationToken,
+) -> anyhow::Result<()> {
     let mut delay = Duration::from_millis(200);
     loop {
         match migrate(config).await {
@@ -68,6 +71,9 @@ pub async fn migrate_with_retry(config: &CommonConfig, shutdown: &crate::Cancell
 pub fn is_unavailable(error: &sqlx::Error) -> bool {
     matches!(
         error,
-        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
     ) || matches!(error, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
 }

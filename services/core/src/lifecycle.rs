@@ -211,7 +211,10 @@ mod tests {
         for from in Status::ALL {
             for action in Action::ALL {
                 if let Ok(to) = next_status(from, action) {
-                    assert!(edges.contains(&(from, to)), "{from} --{action}--> {to} is not in the table");
+                    assert!(
+                        edges.contains(&(from, to)),
+                        "{from} --{action}--> {to} is not in the table"
+                    );
                 }
             }
         }
@@ -220,7 +223,9 @@ mod tests {
     #[test]
     fn every_edge_of_the_design_table_is_reachable_by_some_action() {
         for (from, to) in design_edges() {
-            let reachable = Action::ALL.into_iter().any(|a| next_status(from, a) == Ok(to));
+            let reachable = Action::ALL
+                .into_iter()
+                .any(|a| next_status(from, a) == Ok(to));
             assert!(reachable, "{from} -> {to} cannot be reached");
         }
     }
@@ -269,10 +274,16 @@ mod tests {
         // Terminal states accept nothing.
         for from in [S::Stopped, S::Completed, S::Failed] {
             for action in A::ALL {
-                assert!(next_status(from, action).is_err(), "{from} + {action} must be refused");
+                assert!(
+                    next_status(from, action).is_err(),
+                    "{from} + {action} must be refused"
+                );
             }
         }
-        assert_eq!(expected.len() + 3 * A::ALL.len(), Status::ALL.len() * A::ALL.len());
+        assert_eq!(
+            expected.len() + 3 * A::ALL.len(),
+            Status::ALL.len() * A::ALL.len()
+        );
     }
 
     #[test]

@@ -111,17 +111,28 @@ async fn unpublished_count(pool: &PgPool) -> Result<i64, sqlx::Error> {
 }
 
 fn status_field(payload: &serde_json::Value, key: &str) -> Option<Status> {
-    payload.get(key).and_then(|v| serde_json::from_value(v.clone()).ok())
+    payload
+        .get(key)
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
 }
 
 impl Outbox {
     pub fn new(pool: PgPool, bus: Bus) -> Self {
-        Self { pool, bus, wake_relay: Arc::new(Notify::new()), fast_path_timeout: Duration::from_secs(2), fast_path: true }
+        Self {
+            pool,
+            bus,
+            wake_relay: Arc::new(Notify::new()),
+            fast_path_timeout: Duration::from_secs(2),
+            fast_path: true,
+        }
     }
 
     /// An outbox that only records: the api's relay publishes.
     pub fn relay_only(pool: PgPool, bus: Bus) -> Self {
-        Self { fast_path: false, ..Self::new(pool, bus) }
+        Self {
+            fast_path: false,
+            ..Self::new(pool, bus)
+        }
     }
 
     pub fn bus(&self) -> &Bus {
@@ -183,7 +194,11 @@ impl Outbox {
         let subjects = &self.bus.subjects;
         let request_id = event.request_correlation_id.as_deref();
         let status = status_field(&event.payload, "to").unwrap_or(Status::Draft);
-        let run_epoch = event.payload.get("runEpoch").and_then(|v| v.as_i64()).unwrap_or(0) as i32;
+        let run_epoch = event
+            .payload
+            .get("runEpoch")
+            .and_then(|v| v.as_i64())
+            .unwrap_or(0) as i32;
         let lifecycle = LifecycleEvent {
             event_id: event.id,
             campaign_id,
@@ -191,7 +206,11 @@ impl Outbox {
             event_type: event.event_type.clone(),
             from_status: status_field(&event.payload, "from"),
             status,
-            version: event.payload.get("version").and_then(|v| v.as_i64()).unwrap_or(1),
+            version: event
+                .payload
+                .get("version")
+                .and_then(|v| v.as_i64())
+                .unwrap_or(1),
             run_epoch,
             actor: event.actor.clone(),
             occurred_at: event.created_at,
@@ -199,7 +218,12 @@ impl Outbox {
         };
         let event_id = event.id.to_string();
         self.bus
-            .publish_contract(subjects.events(campaign_id), &lifecycle, &event_id, request_id)
+            .publish_contract(
+                subjects.events(campaign_id),
+                &lifecycle,
+                &event_id,
+                request_id,
+            )
             .await?;
         let control_action = match event.event_type.as_str() {
             "paused" => Some(ControlAction::Pause),
@@ -208,9 +232,18 @@ impl Outbox {
             _ => None,
         };
         if let Some(action) = control_action {
-            let control = ControlMessage { campaign_id, action, correlation_id: event.correlation_id };
+            let control = ControlMessage {
+                campaign_id,
+                action,
+                correlation_id: event.correlation_id,
+            };
             self.bus
-                .publish_contract(subjects.control(campaign_id), &control, &format!("{event_id}.control"), request_id)
+                .publish_contract(
+                    subjects.control(campaign_id),
+                    &control,
+                    &format!("{event_id}.control"),
+                    request_id,
+                )
                 .await?;
         }
         if matches!(event.event_type.as_str(), "started" | "resumed") {
@@ -227,7 +260,12 @@ impl Outbox {
                 correlation_id: event.correlation_id,
             };
             self.bus
-                .publish_contract(subjects.pack(), &pack, &format!("{event_id}.pack"), request_id)
+                .publish_contract(
+                    subjects.pack(),
+                    &pack,
+                    &format!("{event_id}.pack"),
+                    request_id,
+                )
                 .await?;
         }
         Ok(())
@@ -250,7 +288,9 @@ impl Outbox {
                 match self.relay_once().await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(published = n, "relay published missed events"),
-                    Err(error) => tracing::warn!(error = %format!("{error:#}"), "relay pass failed"),
+                    Err(error) => {
+                        tracing::warn!(error = %format!("{error:#}"), "relay pass failed")
+                    }
                 }
             }
             if let Ok(backlog) = unpublished_count(&self.pool).await {

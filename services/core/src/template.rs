@@ -32,7 +32,10 @@ impl MessageTemplate {
     }
 
     pub fn render(&self, variables: &serde_json::Value) -> Result<String, TemplateError> {
-        let template = self.env.get_template("body").map_err(|e| TemplateError(e.to_string()))?;
+        let template = self
+            .env
+            .get_template("body")
+            .map_err(|e| TemplateError(e.to_string()))?;
         template
             .render(minijinja::value::Serde(variables))
             .map_err(|e| TemplateError(format!("template render error: {e}")))
@@ -47,7 +50,10 @@ mod tests {
     #[test]
     fn templates_render_recipient_variables() {
         let t = MessageTemplate::compile("Hi {{ name }}, code {{ code | upper }}").unwrap();
-        assert_eq!(t.render(&json!({"name": "Ana", "code": "x1"})).unwrap(), "Hi Ana, code X1");
+        assert_eq!(
+            t.render(&json!({"name": "Ana", "code": "x1"})).unwrap(),
+            "Hi Ana, code X1"
+        );
         assert_eq!(t.render(&json!({})).unwrap(), "Hi , code ");
     }
 

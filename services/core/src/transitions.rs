@@ -9,9 +9,9 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::campaigns::{Campaign, CAMPAIGN_COLUMNS};
+use crate::campaigns::{CAMPAIGN_COLUMNS, Campaign};
 use crate::contracts::TriggeredBy;
-use crate::lifecycle::{next_status, Action, InvalidTransition, Status};
+use crate::lifecycle::{Action, InvalidTransition, Status, next_status};
 use crate::outbox::Outbox;
 
 /// Who asked, and how to trace it.
@@ -25,7 +25,10 @@ pub struct Actor {
 
 impl Actor {
     pub fn system(component: &str) -> Self {
-        Self { name: format!("system:{component}"), request_correlation_id: None }
+        Self {
+            name: format!("system:{component}"),
+            request_correlation_id: None,
+        }
     }
 }
 
@@ -108,7 +111,10 @@ async fn lock_campaign(
 }
 
 /// Work still open in the ledger: completion must wait for it.
-async fn has_open_recipients(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> Result<bool, sqlx::Error> {
+async fn has_open_recipients(
+    tx: &mut Transaction<'_, Postgres>,
+    id: Uuid,
+) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM recipients WHERE campaign_id = $1 AND status IN ('pending', 'sending'))",
     )
@@ -147,26 +153,44 @@ async fn update_projection(
 }
 
 /// Runs the transition in one transaction. Does not publish: see [`Lifecycle`].
-pub async fn commit_transition(pool: &PgPool, request: &TransitionRequest) -> Result<Transitioned, TransitionError> {
+pub async fn commit_transition(
+    pool: &PgPool,
+    request: &TransitionRequest,
+) -> Result<Transitioned, TransitionError> {
     let mut tx = pool.begin().await?;
     let current = lock_campaign(&mut tx, request.campaign_id, request.tenant_id)
         .await?
         .ok_or(TransitionError::NotFound)?;
     if let Some(expected) = request.expected_version {
         if expected != current.version {
-            return Err(TransitionError::VersionMismatch { current: current.version, expected });
+            return Err(TransitionError::VersionMismatch {
+                current: current.version,
+                expected,
+            });
         }
     }
     let to = next_status(current.status, request.action)?;
     match request.action {
         Action::Schedule => match request.scheduled_at.or(current.scheduled_at) {
             Some(at) if at > Utc::now() => {}
-            Some(_) => return Err(TransitionError::Precondition("scheduled_at must be in the future".into())),
-            None => return Err(TransitionError::Precondition("schedule needs a scheduled_at time".into())),
+            Some(_) => {
+                return Err(TransitionError::Precondition(
+                    "scheduled_at must be in the future".into(),
+                ));
+            }
+            None => {
+                return Err(TransitionError::Precondition(
+                    "schedule needs a scheduled_at time".into(),
+                ));
+            }
         },
         Action::Complete => {
-            if current.packed_epoch < current.run_epoch || has_open_recipients(&mut tx, current.id).await? {
-                return Err(TransitionError::Precondition("recipients are still open".into()));
+            if current.packed_epoch < current.run_epoch
+                || has_open_recipients(&mut tx, current.id).await?
+            {
+                return Err(TransitionError::Precondition(
+                    "recipients are still open".into(),
+                ));
             }
         }
         _ => {}
@@ -175,7 +199,9 @@ pub async fn commit_transition(pool: &PgPool, request: &TransitionRequest) -> Re
     let campaign = update_projection(&mut tx, current.id, to, request.action, scheduled_at).await?;
     let triggered_by = match (request.action, current.status) {
         (Action::Resume, _) => Some(TriggeredBy::Resume),
-        (Action::Start, Status::Scheduled) if request.actor.name.starts_with("system:") => Some(TriggeredBy::Schedule),
+        (Action::Start, Status::Scheduled) if request.actor.name.starts_with("system:") => {
+            Some(TriggeredBy::Schedule)
+        }
         (Action::Start, _) => Some(TriggeredBy::Manual),
         _ => None,
     };
@@ -186,9 +212,20 @@ pub async fn commit_transition(pool: &PgPool, request: &TransitionRequest) -> Re
         "runEpoch": campaign.run_epoch,
         "triggeredBy": triggered_by,
     });
-    let event_id = append_event(&mut tx, current.id, request.action.event_type(), payload, &request.actor).await?;
+    let event_id = append_event(
+        &mut tx,
+        current.id,
+        request.action.event_type(),
+        payload,
+        &request.actor,
+    )
+    .await?;
     tx.commit().await?;
-    Ok(Transitioned { campaign, event_id, from: current.status })
+    Ok(Transitioned {
+        campaign,
+        event_id,
+        from: current.status,
+    })
 }
 
 /// The lifecycle service: commit, then publish through the outbox fast path.
@@ -205,7 +242,8 @@ impl Lifecycle {
 
     pub async fn apply(&self, request: TransitionRequest) -> Result<Transitioned, TransitionError> {
         let done = commit_transition(&self.pool, &request).await?;
-        metrics::counter!("herald_transitions_total", "action" => request.action.as_str()).increment(1);
+        metrics::counter!("herald_transitions_total", "action" => request.action.as_str())
+            .increment(1);
         // The transition is committed; publishing is best effort here and the relay
         // guarantees delivery, so a NATS outage never fails the caller.
         self.outbox.publish_fast(done.campaign.id).await;
@@ -217,7 +255,11 @@ impl Lifecycle {
 /// Safe to call from any replica at any time: the transition re-checks the ledger
 /// under the row lock, so completion happens once, and never to a paused or
 /// stopped campaign. Returns true if this call completed it.
-pub async fn complete_if_done(lifecycle: &Lifecycle, campaign_id: Uuid, component: &str) -> Result<bool, sqlx::Error> {
+pub async fn complete_if_done(
+    lifecycle: &Lifecycle,
+    campaign_id: Uuid,
+    component: &str,
+) -> Result<bool, sqlx::Error> {
     let request = TransitionRequest {
         campaign_id,
         tenant_id: None,

@@ -15,9 +15,9 @@ use async_nats::jetstream::{self, AckKind};
 use futures::{FutureExt, StreamExt};
 use tokio::sync::Semaphore;
 
+use crate::CancellationToken;
 use crate::bus::{Bus, REQUEST_CORRELATION_HEADER};
 use crate::contracts::{self, Contract, DeadLetter};
-use crate::CancellationToken;
 
 /// What a step decided about its message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,7 +68,12 @@ pub struct WorkerIdentity {
 /// After this many deliveries a message that keeps asking for retry is dead-lettered.
 const MAX_RETRY_DELIVERIES: i64 = 15;
 
-async fn settle(bus: &Bus, identity: &WorkerIdentity, message: &jetstream::Message, outcome: StepOutcome) {
+async fn settle(
+    bus: &Bus,
+    identity: &WorkerIdentity,
+    message: &jetstream::Message,
+    outcome: StepOutcome,
+) {
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1);
     let outcome = match outcome {
         StepOutcome::Retry { .. } if delivered >= MAX_RETRY_DELIVERIES => StepOutcome::DeadLetter {
@@ -90,9 +95,20 @@ async fn settle(bus: &Bus, identity: &WorkerIdentity, message: &jetstream::Messa
 }
 
 /// Copies a message to the dead-letter subject with its reason.
-pub async fn dead_letter(bus: &Bus, identity: &WorkerIdentity, message: &jetstream::Message, reason: &str) {
+pub async fn dead_letter(
+    bus: &Bus,
+    identity: &WorkerIdentity,
+    message: &jetstream::Message,
+    reason: &str,
+) {
     tracing::warn!(subject = %message.subject, consumer = %identity.consumer, %reason, "dead-lettering message");
-    let mut letter = DeadLetter::new(&message.subject, reason, &identity.consumer, &identity.replica_id, &message.payload);
+    let mut letter = DeadLetter::new(
+        &message.subject,
+        reason,
+        &identity.consumer,
+        &identity.replica_id,
+        &message.payload,
+    );
     if let Ok(info) = message.info() {
         letter.stream_sequence = Some(info.stream_sequence);
         letter.delivered_count = Some(info.delivered);
@@ -100,20 +116,31 @@ pub async fn dead_letter(bus: &Bus, identity: &WorkerIdentity, message: &jetstre
     bus.dead_letter(letter).await;
 }
 
-async fn handle_one<T, F, Fut>(bus: Bus, identity: WorkerIdentity, message: jetstream::Message, step: F)
-where
+async fn handle_one<T, F, Fut>(
+    bus: Bus,
+    identity: WorkerIdentity,
+    message: jetstream::Message,
+    step: F,
+) where
     T: Contract,
     F: Fn(T, Delivery) -> Fut,
     Fut: Future<Output = StepOutcome>,
 {
     let outcome = match contracts::decode::<T>(&message.payload) {
-        Err(error) => StepOutcome::DeadLetter { reason: error.to_string() },
+        Err(error) => StepOutcome::DeadLetter {
+            reason: error.to_string(),
+        },
         Ok(payload) => {
             let message = Arc::new(message.clone());
             let delivery = Delivery { message };
-            match AssertUnwindSafe(step(payload, delivery)).catch_unwind().await {
+            match AssertUnwindSafe(step(payload, delivery))
+                .catch_unwind()
+                .await
+            {
                 Ok(outcome) => outcome,
-                Err(_) => StepOutcome::DeadLetter { reason: "handler panicked".into() },
+                Err(_) => StepOutcome::DeadLetter {
+                    reason: "handler panicked".into(),
+                },
             }
         }
     };
@@ -182,7 +209,10 @@ where
                 }
                 Some(Err(error)) => {
                     tracing::warn!(%error, consumer = %identity.consumer, "pull error");
-                    if matches!(error.kind(), async_nats::jetstream::consumer::pull::MessagesErrorKind::ConsumerDeleted) {
+                    if matches!(
+                        error.kind(),
+                        async_nats::jetstream::consumer::pull::MessagesErrorKind::ConsumerDeleted
+                    ) {
                         continue 'reconnect;
                     }
                 }
@@ -191,6 +221,10 @@ where
         }
     }
     // Let in-flight steps finish so their messages are settled, not redelivered.
-    let _ = tokio::time::timeout(Duration::from_secs(30), slots.acquire_many(max_in_flight as u32)).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(30),
+        slots.acquire_many(max_in_flight as u32),
+    )
+    .await;
     Ok(())
 }

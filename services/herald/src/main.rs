@@ -7,13 +7,18 @@
 
 use clap::{Parser, Subcommand};
 use herald_api::ApiConfig;
-use herald_core::config::CommonConfig;
 use herald_core::CancellationToken;
+use herald_core::config::CommonConfig;
+use herald_core::control::ControlConfig;
 use herald_packer::PackerConfig;
 use herald_sender::SenderConfig;
 
 #[derive(Debug, Parser)]
-#[command(name = "herald", version, about = "Outbound message campaigns with a pause that really pauses")]
+#[command(
+    name = "herald",
+    version,
+    about = "Outbound message campaigns with a pause that really pauses"
+)]
 struct Cli {
     /// Log format: `text` or `json`.
     #[arg(long, env = "HERALD_LOG_FORMAT", default_value = "text", global = true)]
@@ -43,6 +48,8 @@ enum Command {
         common: CommonConfig,
         #[command(flatten)]
         packer: PackerConfig,
+        #[command(flatten)]
+        control: ControlConfig,
     },
     /// Run one sender replica.
     Sender {
@@ -50,6 +57,8 @@ enum Command {
         common: CommonConfig,
         #[command(flatten)]
         sender: SenderConfig,
+        #[command(flatten)]
+        control: ControlConfig,
     },
     /// Run the api, one packer and one sender in this process.
     All {
@@ -61,6 +70,8 @@ enum Command {
         packer: PackerConfig,
         #[command(flatten)]
         sender: SenderConfig,
+        #[command(flatten)]
+        control: ControlConfig,
     },
     /// Manage API tokens.
     Tokens {
@@ -83,7 +94,9 @@ enum TokenCommand {
 fn init_logging(format: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -98,8 +111,9 @@ fn shutdown_on_signal() -> CancellationToken {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("installing the SIGTERM handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("installing the SIGTERM handler");
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}
@@ -114,19 +128,33 @@ fn shutdown_on_signal() -> CancellationToken {
 }
 
 /// Each service gets its own replica id suffix, so `all` has distinct consumers.
-fn for_service(common: &CommonConfig, service: &str) -> CommonConfig {
+fn for_service(common: &CommonConfig, base_replica_id: &str, service: &str) -> CommonConfig {
     let mut common = common.clone();
-    common.replica_id = Some(format!("{}-{service}", common.replica_id()));
+    common.replica_id = Some(format!("{base_replica_id}-{service}"));
     common
 }
 
-async fn run_all(common: CommonConfig, api: ApiConfig, packer: PackerConfig, sender: SenderConfig) -> anyhow::Result<()> {
+async fn run_all(
+    common: CommonConfig,
+    api: ApiConfig,
+    packer: PackerConfig,
+    sender: SenderConfig,
+) -> anyhow::Result<()> {
     let shutdown = shutdown_on_signal();
     // Migrate first so the workers do not race the api on an empty database.
     herald_core::db::migrate_with_retry(&common, &shutdown).await?;
+    let base = common.replica_id();
     let api_task = tokio::spawn(herald_api::run(common.clone(), api, shutdown.clone()));
-    let packer_task = tokio::spawn(herald_packer::run(for_service(&common, "packer"), packer, shutdown.clone()));
-    let sender_task = tokio::spawn(herald_sender::run(for_service(&common, "sender"), sender, shutdown.clone()));
+    let packer_task = tokio::spawn(herald_packer::run(
+        for_service(&common, &base, "packer"),
+        packer,
+        shutdown.clone(),
+    ));
+    let sender_task = tokio::spawn(herald_sender::run(
+        for_service(&common, &base, "sender"),
+        sender,
+        shutdown.clone(),
+    ));
     let (a, p, s) = tokio::join!(api_task, packer_task, sender_task);
     shutdown.cancel();
     a??;
@@ -145,14 +173,43 @@ async fn main() -> anyhow::Result<()> {
             println!("migrations applied");
         }
         Command::Api { common, api } => herald_api::run(common, api, shutdown_on_signal()).await?,
-        Command::Packer { common, packer } => herald_packer::run(common, packer, shutdown_on_signal()).await?,
-        Command::Sender { common, sender } => herald_sender::run(common, sender, shutdown_on_signal()).await?,
-        Command::All { common, api, packer, sender } => run_all(common, api, packer, sender).await?,
-        Command::Tokens { command: TokenCommand::Create { tenant, common } } => {
+        Command::Packer {
+            common,
+            mut packer,
+            control,
+        } => {
+            packer.control = control;
+            herald_packer::run(common, packer, shutdown_on_signal()).await?
+        }
+        Command::Sender {
+            common,
+            mut sender,
+            control,
+        } => {
+            sender.control = control;
+            herald_sender::run(common, sender, shutdown_on_signal()).await?
+        }
+        Command::All {
+            common,
+            api,
+            mut packer,
+            mut sender,
+            control,
+        } => {
+            packer.control = control.clone();
+            sender.control = control;
+            run_all(common, api, packer, sender).await?
+        }
+        Command::Tokens {
+            command: TokenCommand::Create { tenant, common },
+        } => {
             herald_core::db::migrate(&common).await?;
             let pool = herald_core::db::pool(&common)?;
             let (tenant, token) = herald_core::auth::create_token(&pool, &tenant).await?;
-            eprintln!("Created a token for tenant {:?}. It is shown only this once:", tenant.name);
+            eprintln!(
+                "Created a token for tenant {:?}. It is shown only this once:",
+                tenant.name
+            );
             println!("{token}");
         }
     }

@@ -12,15 +12,17 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use herald_core::CancellationToken;
 use herald_core::bus::{Bus, PACKER_DURABLE};
 use herald_core::config::CommonConfig;
 use herald_core::contracts::{ControlAction, PackRequest, SendBatch};
-use herald_core::control::{run_control_listener, ControlListenerConfig, ControlSignal};
+use herald_core::control::{
+    ControlConfig, ControlListenerConfig, ControlSignal, run_control_listener,
+};
 use herald_core::lifecycle::Status;
 use herald_core::outbox::Outbox;
-use herald_core::transitions::{complete_if_done, Lifecycle};
-use herald_core::work::{run_work_loop, Delivery, StepOutcome, WorkerIdentity};
-use herald_core::CancellationToken;
+use herald_core::transitions::{Lifecycle, complete_if_done};
+use herald_core::work::{Delivery, StepOutcome, WorkerIdentity, run_work_loop};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
@@ -32,8 +34,12 @@ pub struct PackerConfig {
     pub batch_size: i64,
 
     /// Pack requests handled at once on this replica.
-    #[arg(long, env = "HERALD_PACKER_CONCURRENCY", default_value_t = 4)]
-    pub concurrency: usize,
+    #[arg(
+        long = "packer-concurrency",
+        env = "HERALD_PACKER_CONCURRENCY",
+        default_value_t = 4
+    )]
+    pub pack_concurrency: usize,
 
     /// How often the sweep looks for expired leases and stalled campaigns, in ms.
     #[arg(long, env = "HERALD_SWEEP_INTERVAL_MS", default_value_t = 5000)]
@@ -44,24 +50,19 @@ pub struct PackerConfig {
     #[arg(long, env = "HERALD_STALL_SECONDS", default_value_t = 60)]
     pub stall_seconds: u64,
 
-    /// Listen to campaigns.control (the fast path).
-    #[arg(long, env = "HERALD_CONTROL_FAST_PATH", default_value_t = true, action = clap::ArgAction::Set)]
-    pub control_fast_path: bool,
-
-    /// Seconds the server keeps this replica's control consumer after it goes away.
-    #[arg(long, env = "HERALD_CONTROL_INACTIVE_SECONDS", default_value_t = 3600)]
-    pub control_inactive_seconds: u64,
+    /// Control fast-path settings (flattened by the binary once for all services).
+    #[arg(skip)]
+    pub control: ControlConfig,
 }
 
 impl Default for PackerConfig {
     fn default() -> Self {
         Self {
             batch_size: 500,
-            concurrency: 4,
+            pack_concurrency: 4,
             sweep_interval_ms: 5000,
             stall_seconds: 60,
-            control_fast_path: true,
-            control_inactive_seconds: 3600,
+            control: ControlConfig::default(),
         }
     }
 }
@@ -101,7 +102,10 @@ async fn load_pack_state(pool: &PgPool, campaign: Uuid) -> Result<Option<PackSta
         .await?;
     row.map(|r| {
         Ok(PackState {
-            status: r.try_get::<String, _>("status")?.parse().map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            status: r
+                .try_get::<String, _>("status")?
+                .parse()
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
             run_epoch: r.try_get("run_epoch")?,
             packed_epoch: r.try_get("packed_epoch")?,
             pack_epoch: r.try_get("pack_epoch")?,
@@ -112,7 +116,12 @@ async fn load_pack_state(pool: &PgPool, campaign: Uuid) -> Result<Option<PackSta
 }
 
 /// The next page of open recipients after `cursor`, by id.
-async fn next_page(pool: &PgPool, campaign: Uuid, cursor: i64, size: i64) -> Result<Vec<i64>, sqlx::Error> {
+async fn next_page(
+    pool: &PgPool,
+    campaign: Uuid,
+    cursor: i64,
+    size: i64,
+) -> Result<Vec<i64>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT id FROM recipients
          WHERE campaign_id = $1 AND id > $2
@@ -128,7 +137,12 @@ async fn next_page(pool: &PgPool, campaign: Uuid, cursor: i64, size: i64) -> Res
 
 /// Records progress, only while the epoch is current and the campaign is sending.
 /// False means: stop paging (paused, stopped or a newer epoch).
-async fn checkpoint(pool: &PgPool, campaign: Uuid, epoch: i32, cursor: i64) -> Result<bool, sqlx::Error> {
+async fn checkpoint(
+    pool: &PgPool,
+    campaign: Uuid,
+    epoch: i32,
+    cursor: i64,
+) -> Result<bool, sqlx::Error> {
     Ok(sqlx::query(
         "UPDATE campaigns SET pack_epoch = $2, pack_cursor = $3
          WHERE id = $1 AND run_epoch = $2 AND status = 'sending'",
@@ -164,7 +178,12 @@ async fn campaigns_with_expired_leases(pool: &PgPool) -> Result<Vec<(Uuid, i32)>
     .await
 }
 
-async fn expired_lease_page(pool: &PgPool, campaign: Uuid, after: i64, size: i64) -> Result<Vec<i64>, sqlx::Error> {
+async fn expired_lease_page(
+    pool: &PgPool,
+    campaign: Uuid,
+    after: i64,
+    size: i64,
+) -> Result<Vec<i64>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT id FROM recipients WHERE campaign_id = $1 AND status = 'sending' AND lease_expires_at < now() AND id > $2
          ORDER BY id LIMIT $3",
@@ -177,7 +196,10 @@ async fn expired_lease_page(pool: &PgPool, campaign: Uuid, after: i64, size: i64
 }
 
 /// Fully packed campaigns with pending rows and no ledger progress for a while.
-async fn stalled_campaigns(pool: &PgPool, stall_seconds: f64) -> Result<Vec<(Uuid, i32)>, sqlx::Error> {
+async fn stalled_campaigns(
+    pool: &PgPool,
+    stall_seconds: f64,
+) -> Result<Vec<(Uuid, i32)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, run_epoch FROM campaigns
          WHERE status = 'sending' AND packed_epoch = run_epoch AND pending_count > 0 AND sending_count = 0
@@ -188,7 +210,12 @@ async fn stalled_campaigns(pool: &PgPool, stall_seconds: f64) -> Result<Vec<(Uui
     .await
 }
 
-async fn pending_page(pool: &PgPool, campaign: Uuid, after: i64, size: i64) -> Result<Vec<i64>, sqlx::Error> {
+async fn pending_page(
+    pool: &PgPool,
+    campaign: Uuid,
+    after: i64,
+    size: i64,
+) -> Result<Vec<i64>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT id FROM recipients WHERE campaign_id = $1 AND status = 'pending' AND id > $2 ORDER BY id LIMIT $3",
     )
@@ -200,7 +227,10 @@ async fn pending_page(pool: &PgPool, campaign: Uuid, after: i64, size: i64) -> R
 }
 
 async fn touch_campaign(pool: &PgPool, campaign: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE campaigns SET updated_at = now() WHERE id = $1").bind(campaign).execute(pool).await?;
+    sqlx::query("UPDATE campaigns SET updated_at = now() WHERE id = $1")
+        .bind(campaign)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -216,7 +246,9 @@ fn batch_for(campaign: Uuid, epoch: i32, ids: &[i64]) -> SendBatch {
 }
 
 fn retry_soon() -> StepOutcome {
-    StepOutcome::Retry { delay: Duration::from_secs(1) }
+    StepOutcome::Retry {
+        delay: Duration::from_secs(1),
+    }
 }
 
 impl Packer {
@@ -252,11 +284,22 @@ impl Packer {
 
     pub fn apply_control(&self, signal: &ControlSignal) {
         let campaign = signal.message.campaign_id;
-        if matches!(signal.message.action, ControlAction::Pause | ControlAction::Stop) {
-            self.inner.recheck.lock().expect("recheck lock").insert(campaign);
+        if matches!(
+            signal.message.action,
+            ControlAction::Pause | ControlAction::Stop
+        ) {
+            self.inner
+                .recheck
+                .lock()
+                .expect("recheck lock")
+                .insert(campaign);
         }
-        let latency = (chrono::Utc::now() - signal.published_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
-        metrics::histogram!("herald_control_apply_seconds", "service" => "packer").record(latency.max(0.0));
+        let latency = (chrono::Utc::now() - signal.published_at)
+            .num_microseconds()
+            .unwrap_or(0) as f64
+            / 1e6;
+        metrics::histogram!("herald_control_apply_seconds", "service" => "packer")
+            .record(latency.max(0.0));
         let mut applied = self.inner.applied.lock().expect("applied lock");
         if applied.len() >= 10_000 {
             applied.drain(..5_000);
@@ -266,7 +309,13 @@ impl Packer {
 
     /// True if a control message says to stop paging and Postgres agrees.
     async fn told_to_stop(&self, campaign: Uuid, epoch: i32) -> Result<bool, sqlx::Error> {
-        if !self.inner.recheck.lock().expect("recheck lock").remove(&campaign) {
+        if !self
+            .inner
+            .recheck
+            .lock()
+            .expect("recheck lock")
+            .remove(&campaign)
+        {
             return Ok(false);
         }
         let state = load_pack_state(&self.inner.pool, campaign).await?;
@@ -274,7 +323,11 @@ impl Packer {
     }
 
     /// The step: page one campaign's run epoch into send batches.
-    pub async fn handle_pack(&self, request: PackRequest, delivery: Option<Delivery>) -> StepOutcome {
+    pub async fn handle_pack(
+        &self,
+        request: PackRequest,
+        delivery: Option<Delivery>,
+    ) -> StepOutcome {
         let pool = &self.inner.pool;
         let campaign = request.campaign_id;
         let state = match load_pack_state(pool, campaign).await {
@@ -283,12 +336,23 @@ impl Packer {
             Err(_) => return retry_soon(),
         };
         // Old epochs, finished epochs and campaigns that are not sending: nothing to do.
-        if state.run_epoch != request.run_epoch || state.packed_epoch >= state.run_epoch || state.status != Status::Sending {
+        if state.run_epoch != request.run_epoch
+            || state.packed_epoch >= state.run_epoch
+            || state.status != Status::Sending
+        {
             return StepOutcome::Ack;
         }
-        self.inner.recheck.lock().expect("recheck lock").remove(&campaign);
+        self.inner
+            .recheck
+            .lock()
+            .expect("recheck lock")
+            .remove(&campaign);
         let epoch = state.run_epoch;
-        let mut cursor = if state.pack_epoch == epoch { state.pack_cursor } else { 0 };
+        let mut cursor = if state.pack_epoch == epoch {
+            state.pack_cursor
+        } else {
+            0
+        };
         let size = self.inner.config.batch_size.clamp(1, 100_000);
         loop {
             match self.told_to_stop(campaign, epoch).await {
@@ -309,7 +373,12 @@ impl Packer {
             if let Err(error) = self
                 .inner
                 .bus
-                .publish_contract(self.inner.bus.subjects.send(), &batch, &batch.message_id(), request_id.as_deref())
+                .publish_contract(
+                    self.inner.bus.subjects.send(),
+                    &batch,
+                    &batch.message_id(),
+                    request_id.as_deref(),
+                )
                 .await
             {
                 tracing::warn!(campaign_id = %campaign, error = %format!("{error:#}"), "publishing a batch failed");
@@ -371,7 +440,12 @@ impl Packer {
     async fn publish_sweep_batch(&self, campaign: Uuid, epoch: i32, ids: &[i64]) -> usize {
         let batch = batch_for(campaign, epoch, ids);
         let id = format!("sweep-{}", batch.correlation_id);
-        match self.inner.bus.publish_contract(self.inner.bus.subjects.send(), &batch, &id, None).await {
+        match self
+            .inner
+            .bus
+            .publish_contract(self.inner.bus.subjects.send(), &batch, &id, None)
+            .await
+        {
             Ok(()) => 1,
             Err(error) => {
                 tracing::warn!(campaign_id = %campaign, error = %format!("{error:#}"), "sweep publish failed");
@@ -383,16 +457,21 @@ impl Packer {
     /// Runs the replica until shutdown: control listener, sweep and work loop.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         self.inner.bus.wait_for_streams(&shutdown).await?;
-        let control = if self.inner.config.control_fast_path {
+        let control = if self.inner.config.control.control_fast_path {
             let packer = self.clone();
             let config = ControlListenerConfig {
                 service: "packer".into(),
                 replica_id: self.inner.replica_id.clone(),
-                inactive_threshold: Duration::from_secs(self.inner.config.control_inactive_seconds),
+                inactive_threshold: Duration::from_secs(
+                    self.inner.config.control.control_inactive_seconds,
+                ),
             };
             let (bus, shutdown) = (self.inner.bus.clone(), shutdown.clone());
             Some(tokio::spawn(async move {
-                run_control_listener(bus, config, shutdown, move |signal| packer.apply_control(&signal)).await
+                run_control_listener(bus, config, shutdown, move |signal| {
+                    packer.apply_control(&signal)
+                })
+                .await
             }))
         } else {
             None
@@ -414,7 +493,10 @@ impl Packer {
                 }
             })
         };
-        let identity = WorkerIdentity { consumer: PACKER_DURABLE.into(), replica_id: self.inner.replica_id.clone() };
+        let identity = WorkerIdentity {
+            consumer: PACKER_DURABLE.into(),
+            replica_id: self.inner.replica_id.clone(),
+        };
         let bus = self.inner.bus.clone();
         let packer = self.clone();
         tracing::info!(replica_id = %self.inner.replica_id, "packer running");
@@ -422,7 +504,7 @@ impl Packer {
             bus.clone(),
             identity,
             || bus.work_consumer(PACKER_DURABLE),
-            self.inner.config.concurrency.max(1),
+            self.inner.config.pack_concurrency.max(1),
             shutdown.clone(),
             move |request, delivery| {
                 let packer = packer.clone();
@@ -439,7 +521,11 @@ impl Packer {
 }
 
 /// Runs one packer replica with its own connections until `shutdown`.
-pub async fn run(common: CommonConfig, config: PackerConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    common: CommonConfig,
+    config: PackerConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let packer = Packer::connect(&common, config).await?;
     packer.run(shutdown).await
 }

@@ -14,8 +14,8 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
-use hmac::{Hmac, Mac};
 use herald_core::channel::Channel;
+use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
 use sha2::Sha256;
 use uuid::Uuid;
@@ -40,9 +40,16 @@ impl OutboundMessage {
 /// The result of one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attempt {
-    Accepted { provider_message_id: Option<String> },
-    Retryable { reason: String, retry_after: Option<Duration> },
-    Rejected { reason: String },
+    Accepted {
+        provider_message_id: Option<String>,
+    },
+    Retryable {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    Rejected {
+        reason: String,
+    },
 }
 
 /// Retry settings.
@@ -91,7 +98,11 @@ fn provider_message_id(body: &serde_json::Value) -> Option<String> {
     candidates
         .into_iter()
         .flatten()
-        .find_map(|v| v.as_str().map(str::to_owned).or_else(|| v.as_i64().map(|n| n.to_string())))
+        .find_map(|v| {
+            v.as_str()
+                .map(str::to_owned)
+                .or_else(|| v.as_i64().map(|n| n.to_string()))
+        })
         .map(|mut id| {
             id.truncate(256);
             id
@@ -99,7 +110,8 @@ fn provider_message_id(body: &serde_json::Value) -> Option<String> {
 }
 
 fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
@@ -129,8 +141,13 @@ impl Dispatcher {
                 });
                 let mut out = std::io::stdout().lock();
                 match writeln!(out, "{line}") {
-                    Ok(()) => Attempt::Accepted { provider_message_id: None },
-                    Err(e) => Attempt::Retryable { reason: format!("stdout: {e}"), retry_after: None },
+                    Ok(()) => Attempt::Accepted {
+                        provider_message_id: None,
+                    },
+                    Err(e) => Attempt::Retryable {
+                        reason: format!("stdout: {e}"),
+                        retry_after: None,
+                    },
                 }
             }
             Channel::Webhook { url, secret } => {
@@ -152,8 +169,16 @@ impl Dispatcher {
                 }
                 self.send(request.body(body)).await
             }
-            Channel::Evolution { base_url, instance, api_key } => {
-                let url = format!("{}/message/sendText/{}", base_url.trim_end_matches('/'), instance);
+            Channel::Evolution {
+                base_url,
+                instance,
+                api_key,
+            } => {
+                let url = format!(
+                    "{}/message/sendText/{}",
+                    base_url.trim_end_matches('/'),
+                    instance
+                );
                 let request = self
                     .http
                     .post(url)
@@ -179,10 +204,16 @@ impl Dispatcher {
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) if e.is_timeout() => {
-                return Attempt::Retryable { reason: "provider timed out".into(), retry_after: None }
+                return Attempt::Retryable {
+                    reason: "provider timed out".into(),
+                    retry_after: None,
+                };
             }
             Err(e) => {
-                return Attempt::Retryable { reason: format!("provider unreachable: {}", e.without_url()), retry_after: None }
+                return Attempt::Retryable {
+                    reason: format!("provider unreachable: {}", e.without_url()),
+                    retry_after: None,
+                };
             }
         };
         let status = response.status();
@@ -193,7 +224,9 @@ impl Dispatcher {
             .and_then(parse_retry_after);
         if status.is_success() {
             let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
-            return Attempt::Accepted { provider_message_id: provider_message_id(&body) };
+            return Attempt::Accepted {
+                provider_message_id: provider_message_id(&body),
+            };
         }
         let mut detail = response.text().await.unwrap_or_default();
         detail.truncate(300);
@@ -202,8 +235,14 @@ impl Dispatcher {
         } else {
             format!("provider answered {status}: {detail}")
         };
-        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::REQUEST_TIMEOUT {
-            Attempt::Retryable { reason, retry_after }
+        if status.is_server_error()
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || status == StatusCode::REQUEST_TIMEOUT
+        {
+            Attempt::Retryable {
+                reason,
+                retry_after,
+            }
         } else {
             Attempt::Rejected { reason }
         }
@@ -217,7 +256,10 @@ mod tests {
     #[test]
     fn retry_after_is_read_as_seconds_or_as_an_http_date() {
         assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
         assert_eq!(parse_retry_after("soon"), None);
     }
 
@@ -225,19 +267,32 @@ mod tests {
     fn signatures_are_hex_hmac_sha256_of_the_exact_body() {
         // RFC 4231 test case 2.
         let sig = sign("Jefe", b"what do ya want for nothing?");
-        assert_eq!(sig, "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        assert_eq!(
+            sig,
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 
     #[test]
     fn retry_policy_yields_one_delay_fewer_than_attempts() {
-        let policy = RetryPolicy { max_attempts: 4, base_delay: Duration::from_millis(10), max_delay: Duration::from_secs(1) };
+        let policy = RetryPolicy {
+            max_attempts: 4,
+            base_delay: Duration::from_millis(10),
+            max_delay: Duration::from_secs(1),
+        };
         assert_eq!(policy.delays().count(), 3);
     }
 
     #[test]
     fn provider_message_ids_are_found_in_common_response_shapes() {
-        assert_eq!(provider_message_id(&serde_json::json!({"id": "m1"})), Some("m1".into()));
-        assert_eq!(provider_message_id(&serde_json::json!({"key": {"id": "wa1"}})), Some("wa1".into()));
+        assert_eq!(
+            provider_message_id(&serde_json::json!({"id": "m1"})),
+            Some("m1".into())
+        );
+        assert_eq!(
+            provider_message_id(&serde_json::json!({"key": {"id": "wa1"}})),
+            Some("wa1".into())
+        );
         assert_eq!(provider_message_id(&serde_json::json!({"ok": true})), None);
     }
 }

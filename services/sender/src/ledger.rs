@@ -39,7 +39,8 @@ pub async fn claim_batch(
              FOR UPDATE OF r SKIP LOCKED
          ), upd AS (
              UPDATE recipients r SET status = 'sending', lease_token = $4,
-                    lease_expires_at = now() + make_interval(secs => $5), updated_at = now()
+                    lease_expires_at = now() + make_interval(secs => $5), claimed_at = clock_timestamp(),
+                    updated_at = now()
              FROM cand WHERE r.campaign_id = $1 AND r.id = cand.id
              RETURNING r.id, r.address, r.variables, cand.prev
          ), bump AS (
@@ -60,7 +61,11 @@ pub async fn claim_batch(
     .await?;
     rows.iter()
         .map(|r| {
-            Ok(ClaimedRecipient { id: r.try_get("id")?, address: r.try_get("address")?, variables: r.try_get("variables")? })
+            Ok(ClaimedRecipient {
+                id: r.try_get("id")?,
+                address: r.try_get("address")?,
+                variables: r.try_get("variables")?,
+            })
         })
         .collect()
 }
@@ -92,8 +97,14 @@ pub async fn mark_outcomes(
     outcomes: &[RecipientOutcome],
 ) -> Result<OpenCounts, sqlx::Error> {
     let ids: Vec<i64> = outcomes.iter().map(|o| o.id).collect();
-    let statuses: Vec<&str> = outcomes.iter().map(|o| if o.sent { "sent" } else { "failed" }).collect();
-    let message_ids: Vec<Option<&str>> = outcomes.iter().map(|o| o.provider_message_id.as_deref()).collect();
+    let statuses: Vec<&str> = outcomes
+        .iter()
+        .map(|o| if o.sent { "sent" } else { "failed" })
+        .collect();
+    let message_ids: Vec<Option<&str>> = outcomes
+        .iter()
+        .map(|o| o.provider_message_id.as_deref())
+        .collect();
     let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.error.as_deref()).collect();
     let attempts: Vec<i32> = outcomes.iter().map(|o| o.attempts).collect();
     let row = sqlx::query(

@@ -17,16 +17,18 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use herald_core::CancellationToken;
 use herald_core::bus::{Bus, SENDER_DURABLE};
 use herald_core::channel::Channel;
 use herald_core::config::CommonConfig;
 use herald_core::contracts::{BatchTracked, ControlAction, SendBatch};
-use herald_core::control::{run_control_listener, ControlListenerConfig, ControlSignal};
+use herald_core::control::{
+    ControlConfig, ControlListenerConfig, ControlSignal, run_control_listener,
+};
 use herald_core::outbox::Outbox;
 use herald_core::template::MessageTemplate;
-use herald_core::transitions::{complete_if_done, Lifecycle};
-use herald_core::work::{run_work_loop, Delivery, StepOutcome, WorkerIdentity};
-use herald_core::CancellationToken;
+use herald_core::transitions::{Lifecycle, complete_if_done};
+use herald_core::work::{Delivery, StepOutcome, WorkerIdentity, run_work_loop};
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -55,13 +57,9 @@ pub struct SenderConfig {
     #[arg(long, env = "HERALD_STATUS_TTL_MS", default_value_t = 5000)]
     pub status_ttl_ms: u64,
 
-    /// Listen to campaigns.control (the fast path). Off: only the TTL recheck.
-    #[arg(long, env = "HERALD_CONTROL_FAST_PATH", default_value_t = true, action = clap::ArgAction::Set)]
-    pub control_fast_path: bool,
-
-    /// Seconds the server keeps this replica's control consumer after it goes away.
-    #[arg(long, env = "HERALD_CONTROL_INACTIVE_SECONDS", default_value_t = 3600)]
-    pub control_inactive_seconds: u64,
+    /// Control fast-path settings (flattened by the binary once for all services).
+    #[arg(skip)]
+    pub control: ControlConfig,
 
     /// Attempts per recipient before it is failed (first try included).
     #[arg(long, env = "HERALD_MAX_ATTEMPTS", default_value_t = 4)]
@@ -87,8 +85,7 @@ impl Default for SenderConfig {
             batches_in_flight: 4,
             lease_seconds: 30.0,
             status_ttl_ms: 5000,
-            control_fast_path: true,
-            control_inactive_seconds: 3600,
+            control: ControlConfig::default(),
             max_attempts: 4,
             retry_base_ms: 1000,
             retry_max_ms: 30000,
@@ -141,7 +138,10 @@ enum Dispatched {
     Unsent(i64),
 }
 
-async fn load_plan(pool: &PgPool, campaign: Uuid) -> Result<Option<(serde_json::Value, serde_json::Value, Option<i32>)>, sqlx::Error> {
+async fn load_plan(
+    pool: &PgPool,
+    campaign: Uuid,
+) -> Result<Option<(serde_json::Value, serde_json::Value, Option<i32>)>, sqlx::Error> {
     sqlx::query_as("SELECT channel, template, rate_limit_per_second FROM campaigns WHERE id = $1")
         .bind(campaign)
         .fetch_optional(pool)
@@ -155,7 +155,12 @@ impl Sender {
         Ok(Self::new(pool, bus, common.replica_id(), config)?)
     }
 
-    pub fn new(pool: PgPool, bus: Bus, replica_id: String, config: SenderConfig) -> anyhow::Result<Self> {
+    pub fn new(
+        pool: PgPool,
+        bus: Bus,
+        replica_id: String,
+        config: SenderConfig,
+    ) -> anyhow::Result<Self> {
         let outbox = Outbox::relay_only(pool.clone(), bus.clone());
         Ok(Self {
             inner: Arc::new(SenderInner {
@@ -188,8 +193,12 @@ impl Sender {
         let campaign = signal.message.campaign_id;
         self.inner.cache.invalidate(campaign);
         let applied_at = Utc::now();
-        let latency = (applied_at - signal.published_at).num_microseconds().unwrap_or(0) as f64 / 1e6;
-        metrics::histogram!("herald_control_apply_seconds", "service" => "sender").record(latency.max(0.0));
+        let latency = (applied_at - signal.published_at)
+            .num_microseconds()
+            .unwrap_or(0) as f64
+            / 1e6;
+        metrics::histogram!("herald_control_apply_seconds", "service" => "sender")
+            .record(latency.max(0.0));
         tracing::debug!(campaign_id = %campaign, action = ?signal.message.action,
             correlation_id = ?signal.request_correlation_id, "control applied");
         let mut applied = self.inner.applied.lock().expect("applied lock");
@@ -218,7 +227,10 @@ impl Sender {
                 return Ok(None);
             }
         };
-        let body = template.get("body").and_then(|b| b.as_str()).unwrap_or_default();
+        let body = template
+            .get("body")
+            .and_then(|b| b.as_str())
+            .unwrap_or_default();
         let Ok(template) = MessageTemplate::compile(body) else {
             tracing::error!(campaign_id = %campaign, "stored template does not compile");
             return Ok(None);
@@ -226,8 +238,16 @@ impl Sender {
         let limiter = rate
             .and_then(|r| std::num::NonZeroU32::new(r as u32))
             .map(|r| RateLimiter::direct(Quota::per_second(r)));
-        let plan = Arc::new(CampaignPlan { channel, template, limiter });
-        self.inner.plans.lock().expect("plans lock").insert(campaign, plan.clone());
+        let plan = Arc::new(CampaignPlan {
+            channel,
+            template,
+            limiter,
+        });
+        self.inner
+            .plans
+            .lock()
+            .expect("plans lock")
+            .insert(campaign, plan.clone());
         Ok(Some(plan))
     }
 
@@ -251,13 +271,22 @@ impl Sender {
 
     /// A failed status read counts as not sendable: fail safe.
     async fn sendable(&self, campaign: Uuid) -> bool {
-        self.inner.cache.is_sendable(campaign).await.unwrap_or_else(|error| {
-            tracing::warn!(%campaign, %error, "status check failed; holding dispatch");
-            false
-        })
+        self.inner
+            .cache
+            .is_sendable(campaign)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(%campaign, %error, "status check failed; holding dispatch");
+                false
+            })
     }
 
-    async fn dispatch_one(&self, campaign: Uuid, plan: &CampaignPlan, recipient: ClaimedRecipient) -> Dispatched {
+    async fn dispatch_one(
+        &self,
+        campaign: Uuid,
+        plan: &CampaignPlan,
+        recipient: ClaimedRecipient,
+    ) -> Dispatched {
         let policy = RetryPolicy {
             max_attempts: self.inner.config.max_attempts.max(1),
             base_delay: Duration::from_millis(self.inner.config.retry_base_ms),
@@ -272,16 +301,23 @@ impl Sender {
                     provider_message_id: None,
                     error: Some(e.to_string()),
                     attempts: 0,
-                })
+                });
             }
         };
-        let message = OutboundMessage { campaign_id: campaign, recipient_id: recipient.id, address: recipient.address, body };
+        let message = OutboundMessage {
+            campaign_id: campaign,
+            recipient_id: recipient.id,
+            address: recipient.address,
+            body,
+        };
         let mut delays = policy.delays();
         let mut attempts = 0;
         loop {
             if let Some(limiter) = &plan.limiter {
                 while let Err(not_until) = limiter.check() {
-                    let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+                    let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                        &governor::clock::DefaultClock::default(),
+                    ));
                     if !self.wait_unless_paused(campaign, wait).await {
                         return Dispatched::Unsent(recipient.id);
                     }
@@ -294,17 +330,40 @@ impl Sender {
             attempts += 1;
             let outcome = self.inner.dispatcher.attempt(&plan.channel, &message).await;
             let (reason, retry_after) = match outcome {
-                Attempt::Accepted { provider_message_id } => {
-                    return Dispatched::Done(RecipientOutcome { id: recipient.id, sent: true, provider_message_id, error: None, attempts })
+                Attempt::Accepted {
+                    provider_message_id,
+                } => {
+                    return Dispatched::Done(RecipientOutcome {
+                        id: recipient.id,
+                        sent: true,
+                        provider_message_id,
+                        error: None,
+                        attempts,
+                    });
                 }
                 Attempt::Rejected { reason } => {
-                    return Dispatched::Done(RecipientOutcome { id: recipient.id, sent: false, provider_message_id: None, error: Some(reason), attempts })
+                    return Dispatched::Done(RecipientOutcome {
+                        id: recipient.id,
+                        sent: false,
+                        provider_message_id: None,
+                        error: Some(reason),
+                        attempts,
+                    });
                 }
-                Attempt::Retryable { reason, retry_after } => (reason, retry_after),
+                Attempt::Retryable {
+                    reason,
+                    retry_after,
+                } => (reason, retry_after),
             };
             let Some(backoff) = delays.next() else {
                 let error = format!("gave up after {attempts} attempts: {reason}");
-                return Dispatched::Done(RecipientOutcome { id: recipient.id, sent: false, provider_message_id: None, error: Some(error), attempts });
+                return Dispatched::Done(RecipientOutcome {
+                    id: recipient.id,
+                    sent: false,
+                    provider_message_id: None,
+                    error: Some(error),
+                    attempts,
+                });
             };
             let max_wait = Duration::from_millis(self.inner.config.retry_max_ms).max(backoff);
             let delay = retry_after.map_or(backoff, |ra| ra.max(backoff).min(max_wait));
@@ -323,20 +382,31 @@ impl Sender {
             Ok(true) => {}
             // Paused or stopped: nothing to claim; resume re-packs what is left.
             Ok(false) => return StepOutcome::Ack,
-            Err(_) => return StepOutcome::Retry { delay: Duration::from_secs(1) },
+            Err(_) => {
+                return StepOutcome::Retry {
+                    delay: Duration::from_secs(1),
+                };
+            }
         }
         let plan = match self.plan(campaign).await {
             Ok(Some(plan)) => plan,
             Ok(None) => return StepOutcome::Ack,
-            Err(_) => return StepOutcome::Retry { delay: Duration::from_secs(1) },
+            Err(_) => {
+                return StepOutcome::Retry {
+                    delay: Duration::from_secs(1),
+                };
+            }
         };
         let lease_token = Uuid::new_v4();
         let lease = self.inner.config.lease_seconds;
-        let claimed = match ledger::claim_batch(&self.inner.pool, &batch, lease_token, lease).await {
+        let claimed = match ledger::claim_batch(&self.inner.pool, &batch, lease_token, lease).await
+        {
             Ok(rows) => rows,
             Err(error) => {
                 tracing::warn!(campaign_id = %campaign, %error, "claim failed");
-                return StepOutcome::Retry { delay: Duration::from_secs(1) };
+                return StepOutcome::Retry {
+                    delay: Duration::from_secs(1),
+                };
             }
         };
         if claimed.is_empty() {
@@ -355,7 +425,14 @@ impl Sender {
                     if let Some(d) = &delivery {
                         d.in_progress().await;
                     }
-                    let _ = ledger::renew_leases(&sender.inner.pool, campaign, lease_token, &ids, lease).await;
+                    let _ = ledger::renew_leases(
+                        &sender.inner.pool,
+                        campaign,
+                        lease_token,
+                        &ids,
+                        lease,
+                    )
+                    .await;
                 }
             })
         };
@@ -393,10 +470,13 @@ impl Sender {
                 // The leases will expire and another replica will finish the rows;
                 // the idempotency key keeps the provider from doubling them.
                 tracing::error!(campaign_id = %campaign, %error, "could not record outcomes");
-                return StepOutcome::Retry { delay: Duration::from_secs(1) };
+                return StepOutcome::Retry {
+                    delay: Duration::from_secs(1),
+                };
             }
         };
-        self.track(&batch, claimed_count, sent, failed, unsent.len() as i64).await;
+        self.track(&batch, claimed_count, sent, failed, unsent.len() as i64)
+            .await;
         if open.is_some_and(|o| o.pending == 0 && o.sending == 0) {
             if let Err(error) = complete_if_done(&self.inner.lifecycle, campaign, "sender").await {
                 tracing::warn!(campaign_id = %campaign, %error, "completion check failed");
@@ -431,7 +511,9 @@ impl Sender {
     }
 
     async fn rebatch(&self, campaign: Uuid, run_epoch: i32, ids: &[i64]) {
-        let (Some(first), Some(last)) = (ids.iter().min(), ids.iter().max()) else { return };
+        let (Some(first), Some(last)) = (ids.iter().min(), ids.iter().max()) else {
+            return;
+        };
         let batch = SendBatch {
             campaign_id: campaign,
             run_epoch: run_epoch.max(1),
@@ -441,7 +523,12 @@ impl Sender {
             correlation_id: Uuid::new_v4(),
         };
         let id = format!("rebatch-{}", batch.correlation_id);
-        if let Err(error) = self.inner.bus.publish_contract(self.inner.bus.subjects.send(), &batch, &id, None).await {
+        if let Err(error) = self
+            .inner
+            .bus
+            .publish_contract(self.inner.bus.subjects.send(), &batch, &id, None)
+            .await
+        {
             tracing::warn!(campaign_id = %campaign, error = %format!("{error:#}"), "re-batch failed; the sweep will pick the rows up");
         }
     }
@@ -461,7 +548,12 @@ impl Sender {
         };
         let subject = self.inner.bus.subjects.tracked(batch.campaign_id);
         let id = format!("tracked-{}", tracked.correlation_id);
-        if let Err(error) = self.inner.bus.publish_contract(subject, &tracked, &id, None).await {
+        if let Err(error) = self
+            .inner
+            .bus
+            .publish_contract(subject, &tracked, &id, None)
+            .await
+        {
             tracing::debug!(error = %format!("{error:#}"), "tracked publish failed");
         }
     }
@@ -469,17 +561,22 @@ impl Sender {
     /// Runs the replica until shutdown: the control listener and the work loop.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         self.inner.bus.wait_for_streams(&shutdown).await?;
-        let control = if self.inner.config.control_fast_path {
+        let control = if self.inner.config.control.control_fast_path {
             let sender = self.clone();
             let config = ControlListenerConfig {
                 service: "sender".into(),
                 replica_id: self.inner.replica_id.clone(),
-                inactive_threshold: Duration::from_secs(self.inner.config.control_inactive_seconds),
+                inactive_threshold: Duration::from_secs(
+                    self.inner.config.control.control_inactive_seconds,
+                ),
             };
             let bus = self.inner.bus.clone();
             let shutdown = shutdown.clone();
             Some(tokio::spawn(async move {
-                run_control_listener(bus, config, shutdown, move |signal| sender.apply_control(&signal)).await
+                run_control_listener(bus, config, shutdown, move |signal| {
+                    sender.apply_control(&signal)
+                })
+                .await
             }))
         } else {
             None
@@ -496,7 +593,10 @@ impl Sender {
                 }
             })
         };
-        let identity = WorkerIdentity { consumer: SENDER_DURABLE.into(), replica_id: self.inner.replica_id.clone() };
+        let identity = WorkerIdentity {
+            consumer: SENDER_DURABLE.into(),
+            replica_id: self.inner.replica_id.clone(),
+        };
         let bus = self.inner.bus.clone();
         let sender = self.clone();
         tracing::info!(replica_id = %self.inner.replica_id, "sender running");
@@ -521,7 +621,11 @@ impl Sender {
 }
 
 /// Runs one sender replica with its own connections until `shutdown`.
-pub async fn run(common: CommonConfig, config: SenderConfig, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    common: CommonConfig,
+    config: SenderConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let sender = Sender::connect(&common, config).await?;
     sender.run(shutdown).await
 }

@@ -33,7 +33,12 @@ pub struct StatusCache {
 
 impl StatusCache {
     pub fn new(pool: PgPool, ttl: Duration) -> Self {
-        Self { pool, ttl, entries: Mutex::new(HashMap::new()), wakers: Mutex::new(HashMap::new()) }
+        Self {
+            pool,
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+            wakers: Mutex::new(HashMap::new()),
+        }
     }
 
     fn cached(&self, campaign: Uuid) -> Option<Option<Status>> {
@@ -50,17 +55,26 @@ impl StatusCache {
             return Ok(status == Some(Status::Sending));
         }
         let status = herald_core::campaigns::fetch_status(&self.pool, campaign).await?;
-        self.entries
-            .lock()
-            .expect("status cache lock")
-            .insert(campaign, Entry { status, fetched_at: Instant::now(), must_recheck: false });
+        self.entries.lock().expect("status cache lock").insert(
+            campaign,
+            Entry {
+                status,
+                fetched_at: Instant::now(),
+                must_recheck: false,
+            },
+        );
         Ok(status == Some(Status::Sending))
     }
 
     /// A control message arrived: distrust the cache for this campaign and wake
     /// its waiters so they re-check.
     pub fn invalidate(&self, campaign: Uuid) {
-        if let Some(entry) = self.entries.lock().expect("status cache lock").get_mut(&campaign) {
+        if let Some(entry) = self
+            .entries
+            .lock()
+            .expect("status cache lock")
+            .get_mut(&campaign)
+        {
             entry.must_recheck = true;
         }
         self.waker(campaign).notify_waiters();
@@ -68,13 +82,24 @@ impl StatusCache {
 
     /// Resolves when a control message for the campaign arrives.
     pub fn waker(&self, campaign: Uuid) -> Arc<Notify> {
-        self.wakers.lock().expect("waker lock").entry(campaign).or_default().clone()
+        self.wakers
+            .lock()
+            .expect("waker lock")
+            .entry(campaign)
+            .or_default()
+            .clone()
     }
 
     /// Forgets campaigns nobody asked about for a while, so memory stays flat.
     pub fn prune(&self) {
         let horizon = self.ttl * 12;
-        self.entries.lock().expect("status cache lock").retain(|_, e| e.fetched_at.elapsed() < horizon);
-        self.wakers.lock().expect("waker lock").retain(|_, n| Arc::strong_count(n) > 1);
+        self.entries
+            .lock()
+            .expect("status cache lock")
+            .retain(|_, e| e.fetched_at.elapsed() < horizon);
+        self.wakers
+            .lock()
+            .expect("waker lock")
+            .retain(|_, n| Arc::strong_count(n) > 1);
     }
 }

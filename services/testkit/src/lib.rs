@@ -1,1 +1,572 @@
-//! placeholder
+//! Test harness for Herald's integration tests.
+//!
+//! Every test gets its own Postgres database and its own subject and stream
+//! prefixes on the shared NATS, so tests run in parallel without seeing each
+//! other. Tests that must stop NATS start a private `nats-server` on a free port
+//! ([`NatsServer`]); the shared servers are never touched. The only double is the
+//! message provider ([`ProviderDouble`]), a real local HTTP server.
+
+mod provider;
+
+pub use provider::{ProviderDouble, RecordedRequest, Reply};
+
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use herald_api::ApiConfig;
+use herald_core::CancellationToken;
+use herald_core::bus::Bus;
+use herald_core::config::CommonConfig;
+use herald_core::lifecycle::Status;
+use herald_packer::{Packer, PackerConfig};
+use herald_sender::{Sender, SenderConfig};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Shared Postgres server (admin connection, without database).
+pub fn postgres_base_url() -> String {
+    std::env::var("HERALD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn shared_nats_url() -> String {
+    std::env::var("HERALD_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// Logs to the test output when `HERALD_TEST_LOG` is set (e.g. `info`).
+pub fn init_test_logging() {
+    if let Ok(filter) = std::env::var("HERALD_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// An isolated slice of the shared infrastructure for one test.
+#[derive(Debug, Clone)]
+pub struct TestEnv {
+    pub common: CommonConfig,
+    pub database: String,
+}
+
+impl TestEnv {
+    /// A fresh database and fresh prefixes on the shared NATS.
+    pub async fn new() -> Self {
+        Self::with_nats(&shared_nats_url()).await
+    }
+
+    /// A fresh database and prefixes, on the given NATS server.
+    pub async fn with_nats(nats_url: &str) -> Self {
+        init_test_logging();
+        let tag = Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let database = format!("herald_test_{tag}");
+        let mut common = CommonConfig::local_defaults();
+        common.database_url = format!("{}/{database}", postgres_base_url());
+        common.nats_url = nats_url.to_owned();
+        common.subject_prefix = format!("t{tag}.");
+        common.stream_prefix = format!("T{tag}");
+        common.db_max_connections = 8;
+        herald_core::db::migrate(&common)
+            .await
+            .expect("test database migrates");
+        Self { common, database }
+    }
+
+    pub fn pool(&self) -> PgPool {
+        herald_core::db::pool(&self.common).expect("pool")
+    }
+
+    /// The same settings with another replica id.
+    pub fn replica(&self, id: &str) -> CommonConfig {
+        let mut common = self.common.clone();
+        common.replica_id = Some(id.to_owned());
+        common
+    }
+
+    pub async fn bus(&self) -> Bus {
+        Bus::connect(&self.common, "herald-test")
+            .await
+            .expect("nats client")
+    }
+
+    /// Provisions the streams (what the api does at startup).
+    pub async fn provision(&self) -> Bus {
+        let bus = self.bus().await;
+        bus.provision().await.expect("streams provisioned");
+        bus
+    }
+
+    /// Drops the database and the streams. Best effort.
+    pub async fn cleanup(&self) {
+        let bus = self.bus().await;
+        if bus.is_connected()
+            || tokio::time::timeout(Duration::from_secs(1), bus.client.flush())
+                .await
+                .is_ok()
+        {
+            for stream in [
+                &bus.streams.events,
+                &bus.streams.control,
+                &bus.streams.work,
+                &bus.streams.tracked,
+                &bus.streams.dlq,
+            ] {
+                let _ = bus.js.delete_stream(stream).await;
+            }
+        }
+        if let Ok(admin) = sqlx::PgPool::connect(&format!("{}/postgres", postgres_base_url())).await
+        {
+            let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.database
+            )))
+            .execute(&admin)
+            .await;
+        }
+    }
+}
+
+/// A private nats-server with JetStream, on a free port, in a temp directory.
+#[derive(Debug)]
+pub struct NatsServer {
+    pub port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+fn nats_server_binary() -> PathBuf {
+    std::env::var("HERALD_TEST_NATS_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("nats-server"))
+}
+
+impl NatsServer {
+    pub async fn start() -> Self {
+        let mut server = Self {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            child: None,
+        };
+        server.resume().await;
+        server
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server again on the same port and store.
+    pub async fn resume(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new(nats_server_binary())
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts (is it on PATH?)");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                // JetStream needs a moment after the port opens.
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("nats-server did not start on port {}", self.port);
+    }
+
+    /// Stops the server (SIGKILL) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// An api running in this process on a free port.
+#[derive(Debug)]
+pub struct RunningApi {
+    pub base_url: String,
+    pub shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningApi {
+    pub async fn start(common: CommonConfig, mut config: ApiConfig) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        config.listen = addr;
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(herald_api::run_with_listener(
+            common,
+            config,
+            listener,
+            shutdown.clone(),
+        ));
+        let base_url = format!("http://{addr}");
+        let client = reqwest::Client::new();
+        for _ in 0..200 {
+            if client
+                .get(format!("{base_url}/healthz"))
+                .send()
+                .await
+                .is_ok()
+            {
+                return Self {
+                    base_url,
+                    shutdown,
+                    handle,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("api did not come up");
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.handle.await;
+    }
+}
+
+/// Worker replicas running in this process, each with its own connections.
+#[derive(Debug, Default)]
+pub struct Workers {
+    pub senders: Vec<Sender>,
+    pub packers: Vec<Packer>,
+    shutdown: CancellationToken,
+    handles: Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Workers {
+    pub async fn start(
+        env: &TestEnv,
+        packers: usize,
+        senders: usize,
+        packer: PackerConfig,
+        sender: SenderConfig,
+    ) -> Self {
+        let mut workers = Workers::default();
+        for i in 0..packers {
+            let common = env.replica(&format!("packer-{i}"));
+            let p = Packer::connect(&common, packer.clone())
+                .await
+                .expect("packer connects");
+            workers
+                .handles
+                .push(tokio::spawn(p.clone().run(workers.shutdown.clone())));
+            workers.packers.push(p);
+        }
+        for i in 0..senders {
+            let common = env.replica(&format!("sender-{i}"));
+            let s = Sender::connect(&common, sender.clone())
+                .await
+                .expect("sender connects");
+            workers
+                .handles
+                .push(tokio::spawn(s.clone().run(workers.shutdown.clone())));
+            workers.senders.push(s);
+        }
+        workers
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        for handle in self.handles {
+            let _ = handle.await;
+        }
+    }
+}
+
+/// Fast settings for tests: short retries and leases.
+pub fn test_sender_config() -> SenderConfig {
+    SenderConfig {
+        concurrency: 16,
+        batches_in_flight: 4,
+        lease_seconds: 10.0,
+        status_ttl_ms: 5000,
+        max_attempts: 4,
+        retry_base_ms: 50,
+        retry_max_ms: 2000,
+        provider_timeout_ms: 5000,
+        ..SenderConfig::default()
+    }
+}
+
+pub fn test_packer_config() -> PackerConfig {
+    PackerConfig {
+        batch_size: 200,
+        sweep_interval_ms: 1000,
+        stall_seconds: 30,
+        ..PackerConfig::default()
+    }
+}
+
+/// The api, workers and an HTTP client with a tenant token, for one test.
+#[derive(Debug)]
+pub struct Stack {
+    pub env: TestEnv,
+    pub api: RunningApi,
+    pub workers: Workers,
+    pub http: reqwest::Client,
+    pub token: String,
+}
+
+impl Stack {
+    /// An api plus the given worker replicas, on a fresh environment.
+    pub async fn start(packers: usize, senders: usize, sender: SenderConfig) -> Self {
+        let env = TestEnv::new().await;
+        Self::start_on(env, packers, senders, test_packer_config(), sender).await
+    }
+
+    pub async fn start_on(
+        env: TestEnv,
+        packers: usize,
+        senders: usize,
+        packer: PackerConfig,
+        sender: SenderConfig,
+    ) -> Self {
+        let api_config = ApiConfig {
+            relay_interval_ms: 200,
+            scheduler_interval_ms: 200,
+            ..ApiConfig::default()
+        };
+        let api = RunningApi::start(env.replica("api-0"), api_config).await;
+        // Workers wait for the api's streams.
+        let workers = Workers::start(&env, packers, senders, packer, sender).await;
+        let token = tenant_token(&env.pool(), "acme").await;
+        Self {
+            env,
+            api,
+            workers,
+            http: reqwest::Client::new(),
+            token,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.api.base_url)
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        call(&self.http, method, &self.url(path), &self.token, body).await
+    }
+
+    pub async fn create_campaign(&self, channel: Value) -> Uuid {
+        let (status, body) = self
+            .call(reqwest::Method::POST, "/v1/campaigns", Some(json!({
+                "name": "test campaign", "channel": channel, "template": {"body": "Hi {{ name }}"}
+            })))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().expect("id").parse().expect("uuid")
+    }
+
+    /// Imports `count` recipients `+1555000000<n>` with a name variable.
+    pub async fn import(&self, campaign: Uuid, count: usize) {
+        for chunk_start in (0..count).step_by(10_000) {
+            let recipients: Vec<Value> = (chunk_start..count.min(chunk_start + 10_000))
+                .map(|n| json!({"address": format!("+1555{n:08}"), "variables": {"name": format!("r{n}")}}))
+                .collect();
+            let (status, body) = self
+                .call(
+                    reqwest::Method::POST,
+                    &format!("/v1/campaigns/{campaign}/recipients"),
+                    Some(json!({"recipients": recipients})),
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+
+    pub async fn transition(&self, campaign: Uuid, action: &str) -> (u16, Value) {
+        self.call(
+            reqwest::Method::POST,
+            &format!("/v1/campaigns/{campaign}/{action}"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn campaign(&self, campaign: Uuid) -> Value {
+        let (status, body) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/campaigns/{campaign}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Polls until the campaign has `status`, or panics after `timeout`.
+    pub async fn wait_for_status(
+        &self,
+        campaign: Uuid,
+        status: Status,
+        timeout: Duration,
+    ) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let body = self.campaign(campaign).await;
+            if body["status"] == status.as_str() {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "campaign never reached {status}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn stop(self) {
+        self.workers.stop().await;
+        self.api.stop().await;
+        self.env.cleanup().await;
+    }
+}
+
+pub async fn call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = http.request(method, url).bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("request sent");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+pub async fn tenant_token(pool: &PgPool, tenant: &str) -> String {
+    herald_core::auth::create_token(pool, tenant)
+        .await
+        .expect("token")
+        .1
+}
+
+/// Ledger truth for one campaign: (status, count).
+pub async fn ledger_counts(
+    pool: &PgPool,
+    campaign: Uuid,
+) -> std::collections::HashMap<String, i64> {
+    sqlx::query_as::<_, (String, i64)>(
+        "SELECT status, count(*) FROM recipients WHERE campaign_id = $1 GROUP BY status",
+    )
+    .bind(campaign)
+    .fetch_all(pool)
+    .await
+    .expect("ledger counts")
+    .into_iter()
+    .collect()
+}
+
+/// Asserts that the projection's counters equal the ledger.
+pub async fn assert_counters_match_ledger(pool: &PgPool, campaign: Uuid, body: &Value) {
+    let ledger = ledger_counts(pool, campaign).await;
+    let counters = &body["counters"];
+    let total: i64 = ledger.values().sum();
+    assert_eq!(counters["total"].as_i64(), Some(total), "total: {body}");
+    for state in ["pending", "sending", "sent", "failed", "skipped"] {
+        assert_eq!(
+            counters[state].as_i64(),
+            Some(*ledger.get(state).unwrap_or(&0)),
+            "{state}: {body} vs {ledger:?}"
+        );
+    }
+}
+
+/// Reads every message currently in a stream, in order, with an ephemeral
+/// consumer filtered to `subject`.
+pub async fn read_stream(
+    bus: &Bus,
+    stream: &str,
+    subject: &str,
+) -> Vec<async_nats::jetstream::Message> {
+    use async_nats::jetstream::consumer;
+    use futures::StreamExt;
+    let stream = bus
+        .js
+        .get_stream(stream)
+        .await
+        .context("stream")
+        .expect("stream exists");
+    let consumer: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            filter_subject: subject.to_owned(),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .expect("ephemeral consumer");
+    let mut out = Vec::new();
+    let mut batch = consumer
+        .fetch()
+        .max_messages(10_000)
+        .expires(Duration::from_millis(500))
+        .messages()
+        .await
+        .expect("fetch");
+    while let Some(Ok(message)) = batch.next().await {
+        out.push(message);
+    }
+    out
+}
+
+pub fn header(message: &async_nats::jetstream::Message, name: &str) -> Option<String> {
+    message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str().to_owned())
+}

@@ -7,11 +7,11 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use herald_core::campaigns::{fetch_campaign, Campaign, CAMPAIGN_COLUMNS};
+use herald_core::campaigns::{CAMPAIGN_COLUMNS, Campaign, fetch_campaign};
 use herald_core::channel::Channel;
 use herald_core::lifecycle::{Action, Status};
 use herald_core::template::MessageTemplate;
-use herald_core::transitions::{append_event, TransitionRequest};
+use herald_core::transitions::{TransitionRequest, append_event};
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
@@ -29,7 +29,9 @@ fn validate_name(name: &str) -> ApiResult<()> {
 
 fn validate_template(template: &TemplateSpec) -> ApiResult<()> {
     if template.body.is_empty() || template.body.len() > 10_000 {
-        return Err(ApiError::validation("template.body must be 1 to 10000 bytes"));
+        return Err(ApiError::validation(
+            "template.body must be 1 to 10000 bytes",
+        ));
     }
     MessageTemplate::compile(&template.body).map_err(|e| ApiError::validation(e.to_string()))?;
     Ok(())
@@ -41,9 +43,9 @@ fn validate_channel(channel: &Channel) -> ApiResult<()> {
 
 fn validate_rate(rate: Option<i32>) -> ApiResult<()> {
     match rate {
-        Some(r) if !(1..=100_000).contains(&r) => {
-            Err(ApiError::validation("rate_limit_per_second must be between 1 and 100000"))
-        }
+        Some(r) if !(1..=100_000).contains(&r) => Err(ApiError::validation(
+            "rate_limit_per_second must be between 1 and 100000",
+        )),
         _ => Ok(()),
     }
 }
@@ -90,25 +92,42 @@ pub async fn create_campaign(
     validate_rate(body.rate_limit_per_second)?;
     let mut tx = state.pool.begin().await?;
     let id = insert_campaign(&mut tx, auth.0.id, &body).await?;
-    append_event(&mut tx, id, "created", created_payload(), &auth.actor(&correlation)).await?;
+    append_event(
+        &mut tx,
+        id,
+        "created",
+        created_payload(),
+        &auth.actor(&correlation),
+    )
+    .await?;
     tx.commit().await?;
     state.lifecycle.outbox.publish_fast(id).await;
-    let campaign = fetch_campaign(&state.pool, id, Some(auth.0.id)).await?.ok_or_else(ApiError::not_found)?;
+    let campaign = fetch_campaign(&state.pool, id, Some(auth.0.id))
+        .await?
+        .ok_or_else(ApiError::not_found)?;
     tracing::info!(campaign_id = %id, "campaign created");
-    Ok((StatusCode::CREATED, axum::Json(CampaignView::from(campaign))))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(CampaignView::from(campaign)),
+    ))
 }
 
 fn encode_cursor(created_at: DateTime<Utc>, id: Uuid) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{}|{id}", created_at.to_rfc3339()))
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{}|{id}", created_at.to_rfc3339()))
 }
 
 fn decode_cursor(cursor: &str) -> ApiResult<(DateTime<Utc>, Uuid)> {
     let bad = || ApiError::validation("cursor is not valid");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor)
+        .map_err(|_| bad())?;
     let text = String::from_utf8(raw).map_err(|_| bad())?;
     let (at, id) = text.split_once('|').ok_or_else(bad)?;
     Ok((
-        DateTime::parse_from_rfc3339(at).map_err(|_| bad())?.with_timezone(&Utc),
+        DateTime::parse_from_rfc3339(at)
+            .map_err(|_| bad())?
+            .with_timezone(&Utc),
         id.parse().map_err(|_| bad())?,
     ))
 }
@@ -156,7 +175,10 @@ pub async fn list_campaigns(
     } else {
         None
     };
-    Ok(axum::Json(CampaignPage { items: rows.into_iter().map(Into::into).collect(), next_cursor }))
+    Ok(axum::Json(CampaignPage {
+        items: rows.into_iter().map(Into::into).collect(),
+        next_cursor,
+    }))
 }
 
 #[utoipa::path(get, path = "/v1/campaigns/{id}", params(("id" = Uuid, Path)),
@@ -168,9 +190,14 @@ pub async fn get_campaign(
     id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let Path(id) = id?;
-    let campaign = fetch_campaign(&state.pool, id, Some(auth.0.id)).await?.ok_or_else(ApiError::not_found)?;
+    let campaign = fetch_campaign(&state.pool, id, Some(auth.0.id))
+        .await?
+        .ok_or_else(ApiError::not_found)?;
     let etag = format!("\"{}\"", campaign.version);
-    Ok(([(axum::http::header::ETAG, etag)], axum::Json(CampaignView::from(campaign))))
+    Ok((
+        [(axum::http::header::ETAG, etag)],
+        axum::Json(CampaignView::from(campaign)),
+    ))
 }
 
 async fn lock_tenant_campaign(
@@ -198,7 +225,13 @@ fn require_draft(campaign: &Campaign, what: &str, if_match: Option<IfMatch>) -> 
         }
     }
     if campaign.status != Status::Draft {
-        let mut e = ApiError::conflict("not_draft", format!("only draft campaigns can be {what}; this one is {}", campaign.status));
+        let mut e = ApiError::conflict(
+            "not_draft",
+            format!(
+                "only draft campaigns can be {what}; this one is {}",
+                campaign.status
+            ),
+        );
         e.detail.from = Some(campaign.status.as_str().into());
         return Err(e);
     }
@@ -223,8 +256,16 @@ async fn apply_update(
     )))
     .bind(id)
     .bind(body.name.as_deref().map(str::trim))
-    .bind(body.channel.as_ref().map(|c| serde_json::to_value(c).unwrap_or_default()))
-    .bind(body.template.as_ref().map(|t| serde_json::to_value(t).unwrap_or_default()))
+    .bind(
+        body.channel
+            .as_ref()
+            .map(|c| serde_json::to_value(c).unwrap_or_default()),
+    )
+    .bind(
+        body.template
+            .as_ref()
+            .map(|t| serde_json::to_value(t).unwrap_or_default()),
+    )
     .bind(body.scheduled_at)
     .bind(body.rate_limit_per_second)
     .fetch_one(&mut **tx)
@@ -254,7 +295,9 @@ pub async fn update_campaign(
     }
     validate_rate(body.rate_limit_per_second)?;
     let mut tx = state.pool.begin().await?;
-    let current = lock_tenant_campaign(&mut tx, id, auth.0.id).await?.ok_or_else(ApiError::not_found)?;
+    let current = lock_tenant_campaign(&mut tx, id, auth.0.id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
     require_draft(&current, "edited", if_match)?;
     let updated = apply_update(&mut tx, id, &body).await?;
     tx.commit().await?;
@@ -272,9 +315,14 @@ pub async fn delete_campaign(
 ) -> ApiResult<StatusCode> {
     let Path(id) = id?;
     let mut tx = state.pool.begin().await?;
-    let current = lock_tenant_campaign(&mut tx, id, auth.0.id).await?.ok_or_else(ApiError::not_found)?;
+    let current = lock_tenant_campaign(&mut tx, id, auth.0.id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
     require_draft(&current, "deleted", if_match)?;
-    sqlx::query("DELETE FROM campaigns WHERE id = $1").bind(id).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM campaigns WHERE id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -327,12 +375,26 @@ pub async fn duplicate_campaign(
 ) -> ApiResult<impl IntoResponse> {
     let Path(id) = id?;
     let mut tx = state.pool.begin().await?;
-    let copy = copy_campaign(&mut tx, id, auth.0.id).await?.ok_or_else(ApiError::not_found)?;
-    append_event(&mut tx, copy, "created", created_payload(), &auth.actor(&correlation)).await?;
+    let copy = copy_campaign(&mut tx, id, auth.0.id)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    append_event(
+        &mut tx,
+        copy,
+        "created",
+        created_payload(),
+        &auth.actor(&correlation),
+    )
+    .await?;
     tx.commit().await?;
     state.lifecycle.outbox.publish_fast(copy).await;
-    let campaign = fetch_campaign(&state.pool, copy, Some(auth.0.id)).await?.ok_or_else(ApiError::not_found)?;
-    Ok((StatusCode::CREATED, axum::Json(CampaignView::from(campaign))))
+    let campaign = fetch_campaign(&state.pool, copy, Some(auth.0.id))
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(CampaignView::from(campaign)),
+    ))
 }
 
 fn parse_action(action: &str) -> ApiResult<Action> {
@@ -343,7 +405,11 @@ fn parse_action(action: &str) -> ApiResult<Action> {
         "pause" => Ok(Action::Pause),
         "resume" => Ok(Action::Resume),
         "stop" => Ok(Action::Stop),
-        _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("unknown action {action:?}"))),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("unknown action {action:?}"),
+        )),
     }
 }
 
@@ -388,7 +454,10 @@ pub async fn transition_campaign(
         .await?;
     tracing::info!(campaign_id = %id, %action, from = %done.from, to = %done.campaign.status, "transition committed");
     let etag = format!("\"{}\"", done.campaign.version);
-    Ok(([(axum::http::header::ETAG, etag)], axum::Json(CampaignView::from(done.campaign))))
+    Ok((
+        [(axum::http::header::ETAG, etag)],
+        axum::Json(CampaignView::from(done.campaign)),
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/campaigns/bulk/{action}",
@@ -408,7 +477,13 @@ pub async fn bulk_transition(
         "pause" => Action::Pause,
         "resume" => Action::Resume,
         "stop" => Action::Stop,
-        other => return Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("unknown bulk action {other:?}"))),
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("unknown bulk action {other:?}"),
+            ));
+        }
     };
     if body.ids.is_empty() || body.ids.len() > 1000 {
         return Err(ApiError::validation("ids must hold 1 to 1000 campaign ids"));
@@ -427,13 +502,23 @@ pub async fn bulk_transition(
             })
             .await;
         results.push(match outcome {
-            Ok(done) => BulkResult { id, ok: true, status: Some(done.campaign.status), error: None },
+            Ok(done) => BulkResult {
+                id,
+                ok: true,
+                status: Some(done.campaign.status),
+                error: None,
+            },
             Err(error) => {
                 let error = ApiError::from(error);
                 if error.status == StatusCode::SERVICE_UNAVAILABLE {
                     return Err(error);
                 }
-                BulkResult { id, ok: false, status: None, error: Some(error.body()["error"].clone()) }
+                BulkResult {
+                    id,
+                    ok: false,
+                    status: None,
+                    error: Some(error.body()["error"].clone()),
+                }
             }
         });
     }
@@ -474,6 +559,10 @@ pub async fn campaign_events(
     id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,
 ) -> ApiResult<axum::Json<EventList>> {
     let Path(id) = id?;
-    fetch_campaign(&state.pool, id, Some(auth.0.id)).await?.ok_or_else(ApiError::not_found)?;
-    Ok(axum::Json(EventList { items: list_events(&state, id).await? }))
+    fetch_campaign(&state.pool, id, Some(auth.0.id))
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(axum::Json(EventList {
+        items: list_events(&state, id).await?,
+    }))
 }

@@ -1,8 +1,8 @@
 //! Liveness and readiness.
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::Json;
 use serde::Serialize;
 use std::time::Duration;
 
@@ -27,7 +27,10 @@ pub async fn healthz() -> Json<Health> {
 
 async fn postgres_ready(state: &AppState) -> bool {
     let ping = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(&state.pool);
-    matches!(tokio::time::timeout(Duration::from_secs(2), ping).await, Ok(Ok(1)))
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), ping).await,
+        Ok(Ok(1))
+    )
 }
 
 async fn jetstream_ready(state: &AppState) -> bool {
@@ -35,7 +38,10 @@ async fn jetstream_ready(state: &AppState) -> bool {
         return false;
     }
     let info = state.bus.js.get_stream(&state.bus.streams.events);
-    matches!(tokio::time::timeout(Duration::from_secs(2), info).await, Ok(Ok(_)))
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), info).await,
+        Ok(Ok(_))
+    )
 }
 
 #[utoipa::path(get, path = "/readyz",
@@ -43,9 +49,17 @@ async fn jetstream_ready(state: &AppState) -> bool {
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let (pg, nats) = tokio::join!(postgres_ready(&state), jetstream_ready(&state));
     let word = |ok: bool| if ok { "ok" } else { "down" };
-    let status = if pg && nats { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if pg && nats {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (
         status,
-        Json(Readiness { status: if pg && nats { "ready" } else { "not_ready" }, postgres: word(pg), nats: word(nats) }),
+        Json(Readiness {
+            status: if pg && nats { "ready" } else { "not_ready" },
+            postgres: word(pg),
+            nats: word(nats),
+        }),
     )
 }

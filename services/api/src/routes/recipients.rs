@@ -7,13 +7,13 @@
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
 use futures::StreamExt;
 use herald_core::campaigns::fetch_campaign;
 use herald_core::lifecycle::Status;
 use sqlx::Row;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -35,13 +35,21 @@ struct ImportBatch {
 
 impl ImportBatch {
     fn new(campaign: Uuid) -> Self {
-        Self { campaign, addresses: Vec::new(), variables: Vec::new(), result: ImportResult::default() }
+        Self {
+            campaign,
+            addresses: Vec::new(),
+            variables: Vec::new(),
+            result: ImportResult::default(),
+        }
     }
 
     fn reject(&mut self, row: u64, reason: impl Into<String>) {
         self.result.rejected += 1;
         if self.result.rejected_rows.len() < MAX_REPORTED_REJECTIONS {
-            self.result.rejected_rows.push(RejectedRow { row, reason: reason.into() });
+            self.result.rejected_rows.push(RejectedRow {
+                row,
+                reason: reason.into(),
+            });
         }
     }
 
@@ -51,7 +59,10 @@ impl ImportBatch {
             return self.reject(row, "address is empty");
         }
         if address.len() > MAX_ADDRESS_LEN {
-            return self.reject(row, format!("address is longer than {MAX_ADDRESS_LEN} bytes"));
+            return self.reject(
+                row,
+                format!("address is longer than {MAX_ADDRESS_LEN} bytes"),
+            );
         }
         if address.chars().any(char::is_control) {
             return self.reject(row, "address contains control characters");
@@ -68,7 +79,8 @@ impl ImportBatch {
             return Ok(());
         }
         let submitted = self.addresses.len() as u64;
-        let (open, inserted) = insert_chunk(state, self.campaign, &self.addresses, &self.variables).await?;
+        let (open, inserted) =
+            insert_chunk(state, self.campaign, &self.addresses, &self.variables).await?;
         self.addresses.clear();
         self.variables.clear();
         if !open {
@@ -130,12 +142,17 @@ async fn insert_chunk(
     .bind(variables)
     .fetch_one(&state.pool)
     .await?;
-    Ok((row.try_get("open")?, row.try_get::<i64, _>("inserted")? as u64))
+    Ok((
+        row.try_get("open")?,
+        row.try_get::<i64, _>("inserted")? as u64,
+    ))
 }
 
 async fn import_json(state: &AppState, batch: &mut ImportBatch, body: Body) -> ApiResult<()> {
     let limit = state.limits.import_body_bytes;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::payload_too_large(limit))?;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::payload_too_large(limit))?;
     let import: RecipientImport = serde_json::from_slice(&bytes).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             ApiError::bad_request("request body is not valid JSON")
@@ -145,7 +162,9 @@ async fn import_json(state: &AppState, batch: &mut ImportBatch, body: Body) -> A
     })?;
     for (index, recipient) in import.recipients.into_iter().enumerate() {
         let variables = recipient.variables.unwrap_or_else(|| serde_json::json!({}));
-        batch.push_and_maybe_flush(state, index as u64 + 1, &recipient.address, variables).await?;
+        batch
+            .push_and_maybe_flush(state, index as u64 + 1, &recipient.address, variables)
+            .await?;
     }
     Ok(())
 }
@@ -162,7 +181,9 @@ impl std::error::Error for BodyTooLarge {}
 
 fn is_body_too_large(error: &csv_async::Error) -> bool {
     match error.kind() {
-        csv_async::ErrorKind::Io(io) => io.get_ref().is_some_and(|inner| inner.is::<BodyTooLarge>()),
+        csv_async::ErrorKind::Io(io) => {
+            io.get_ref().is_some_and(|inner| inner.is::<BodyTooLarge>())
+        }
         _ => false,
     }
 }
@@ -178,7 +199,9 @@ async fn import_csv(state: &AppState, batch: &mut ImportBatch, body: Body) -> Ap
         Ok(chunk)
     });
     let reader = tokio_util::io::StreamReader::new(stream);
-    let mut csv = csv_async::AsyncReaderBuilder::new().flexible(true).create_reader(reader);
+    let mut csv = csv_async::AsyncReaderBuilder::new()
+        .flexible(true)
+        .create_reader(reader);
     let headers = match csv.byte_headers().await {
         Ok(h) => h.clone(),
         Err(e) if is_body_too_large(&e) => return Err(ApiError::payload_too_large(limit)),
@@ -186,10 +209,17 @@ async fn import_csv(state: &AppState, batch: &mut ImportBatch, body: Body) -> Ap
     };
     let headers: Vec<String> = headers
         .iter()
-        .map(|h| String::from_utf8_lossy(h).trim().trim_start_matches('\u{feff}').to_owned())
+        .map(|h| {
+            String::from_utf8_lossy(h)
+                .trim()
+                .trim_start_matches('\u{feff}')
+                .to_owned()
+        })
         .collect();
     let Some(address_column) = headers.iter().position(|h| h == "address") else {
-        return Err(ApiError::validation("the CSV header must have an `address` column"));
+        return Err(ApiError::validation(
+            "the CSV header must have an `address` column",
+        ));
     };
     let mut records = csv.byte_records();
     let mut row: u64 = 0;
@@ -207,7 +237,14 @@ async fn import_csv(state: &AppState, batch: &mut ImportBatch, body: Body) -> Ap
             }
         };
         if record.len() != headers.len() {
-            batch.reject(row, format!("row has {} fields but the header has {}", record.len(), headers.len()));
+            batch.reject(
+                row,
+                format!(
+                    "row has {} fields but the header has {}",
+                    record.len(),
+                    headers.len()
+                ),
+            );
             continue;
         }
         let mut fields = Vec::with_capacity(record.len());
@@ -230,10 +267,17 @@ async fn import_csv(state: &AppState, batch: &mut ImportBatch, body: Body) -> Ap
             .zip(&fields)
             .enumerate()
             .filter(|(i, _)| *i != address_column)
-            .map(|(_, (name, value))| (name.clone(), serde_json::Value::String((*value).to_owned())))
+            .map(|(_, (name, value))| {
+                (name.clone(), serde_json::Value::String((*value).to_owned()))
+            })
             .collect();
         batch
-            .push_and_maybe_flush(state, row, fields[address_column], serde_json::Value::Object(variables))
+            .push_and_maybe_flush(
+                state,
+                row,
+                fields[address_column],
+                serde_json::Value::Object(variables),
+            )
             .await?;
     }
     Ok(())
@@ -253,16 +297,24 @@ pub async fn import_recipients(
     body: Body,
 ) -> ApiResult<axum::Json<ImportResult>> {
     let Path(id) = id?;
-    let campaign = fetch_campaign(&state.pool, id, Some(auth.0.id)).await?.ok_or_else(ApiError::not_found)?;
+    let campaign = fetch_campaign(&state.pool, id, Some(auth.0.id))
+        .await?
+        .ok_or_else(ApiError::not_found)?;
     if !matches!(campaign.status, Status::Draft | Status::Scheduled) {
         let mut e = ApiError::conflict(
             "not_importable",
-            format!("recipients can be imported only into draft or scheduled campaigns; this one is {}", campaign.status),
+            format!(
+                "recipients can be imported only into draft or scheduled campaigns; this one is {}",
+                campaign.status
+            ),
         );
         e.detail.from = Some(campaign.status.as_str().into());
         return Err(e);
     }
-    if let Some(length) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok()) {
+    if let Some(length) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+    {
         if length > state.limits.import_body_bytes {
             return Err(ApiError::payload_too_large(state.limits.import_body_bytes));
         }
@@ -285,7 +337,7 @@ pub async fn import_recipients(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "unsupported_media_type",
                 "send application/json or text/csv",
-            ))
+            ));
         }
     }
     batch.flush(&state).await?;
@@ -345,14 +397,20 @@ pub async fn list_recipients(
     }
     if let Some(status) = &query.status {
         if !["pending", "sending", "sent", "failed", "skipped"].contains(&status.as_str()) {
-            return Err(ApiError::validation("status must be pending, sending, sent, failed or skipped"));
+            return Err(ApiError::validation(
+                "status must be pending, sending, sent, failed or skipped",
+            ));
         }
     }
     let after = match &query.cursor {
-        Some(c) => c.parse::<i64>().map_err(|_| ApiError::validation("cursor is not valid"))?,
+        Some(c) => c
+            .parse::<i64>()
+            .map_err(|_| ApiError::validation("cursor is not valid"))?,
         None => 0,
     };
-    fetch_campaign(&state.pool, id, Some(auth.0.id)).await?.ok_or_else(ApiError::not_found)?;
+    fetch_campaign(&state.pool, id, Some(auth.0.id))
+        .await?
+        .ok_or_else(ApiError::not_found)?;
     let mut items = recipient_page(&state, id, query.status.as_deref(), after, limit + 1).await?;
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);
@@ -362,4 +420,3 @@ pub async fn list_recipients(
     };
     Ok(axum::Json(RecipientPage { items, next_cursor }))
 }
-
