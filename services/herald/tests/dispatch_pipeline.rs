@@ -8,6 +8,7 @@ use herald_core::contracts::{ControlAction, ControlMessage, DeadLetter};
 use herald_core::lifecycle::Status;
 use herald_sender::SenderConfig;
 use herald_testkit::*;
+use serde_json::json;
 use uuid::Uuid;
 
 async fn claimed_after(stack: &Stack, campaign: Uuid, at: chrono::DateTime<chrono::Utc>) -> i64 {
@@ -22,7 +23,11 @@ async fn claimed_after(stack: &Stack, campaign: Uuid, at: chrono::DateTime<chron
 async fn wait_for_requests(provider: &ProviderDouble, at_least: usize) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while provider.request_count() < at_least {
-        assert!(Instant::now() < deadline, "provider saw only {} requests", provider.request_count());
+        assert!(
+            Instant::now() < deadline,
+            "provider saw only {} requests",
+            provider.request_count()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -42,34 +47,59 @@ async fn wait_until_quiet(provider: &ProviderDouble) {
 fn assert_each_recipient_sent_once(provider: &ProviderDouble, expected: usize) {
     let per_key = provider.per_key();
     let twice: Vec<_> = per_key.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(twice.is_empty(), "recipients dispatched more than once: {twice:?}");
-    assert_eq!(per_key.len(), expected, "every recipient reached the provider");
+    assert!(
+        twice.is_empty(),
+        "recipients dispatched more than once: {twice:?}"
+    );
+    assert_eq!(
+        per_key.len(),
+        expected,
+        "every recipient reached the provider"
+    );
 }
 
 #[tokio::test]
-async fn twenty_thousand_recipients_reach_the_provider_exactly_once_across_three_senders_and_two_packers() {
+async fn twenty_thousand_recipients_reach_the_provider_exactly_once_across_three_senders_and_two_packers()
+ {
     let provider = ProviderDouble::start(Duration::ZERO).await;
     let stack = Stack::start(2, 3, test_sender_config()).await;
     let id = stack.create_campaign(provider.webhook_channel()).await;
     stack.import(id, 20_000).await;
     assert_eq!(stack.transition(id, "start").await.0, 200);
-    let body = stack.wait_for_status(id, Status::Completed, Duration::from_secs(180)).await;
+    let body = stack
+        .wait_for_status(id, Status::Completed, Duration::from_secs(180))
+        .await;
     assert_each_recipient_sent_once(&provider, 20_000);
     assert_eq!(body["counters"]["sent"], 20_000);
     assert_counters_match_ledger(&stack.env.pool(), id, &body).await;
     // The provider saw exactly the ledger's ids, with the stable key.
     let ids: HashSet<i64> = provider.requests().iter().map(|r| r.recipient_id).collect();
-    let ledger: Vec<i64> = sqlx::query_scalar("SELECT id FROM recipients WHERE campaign_id = $1 AND status = 'sent'")
-        .bind(id).fetch_all(&stack.env.pool()).await.unwrap();
+    let ledger: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM recipients WHERE campaign_id = $1 AND status = 'sent'")
+            .bind(id)
+            .fetch_all(&stack.env.pool())
+            .await
+            .unwrap();
     assert_eq!(ids, ledger.into_iter().collect());
-    let completions: i64 = sqlx::query_scalar("SELECT count(*) FROM campaign_events WHERE campaign_id = $1 AND type = 'completed'")
-        .bind(id).fetch_one(&stack.env.pool()).await.unwrap();
+    let completions: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM campaign_events WHERE campaign_id = $1 AND type = 'completed'",
+    )
+    .bind(id)
+    .fetch_one(&stack.env.pool())
+    .await
+    .unwrap();
     assert_eq!(completions, 1, "completed exactly once");
     // Work was actually split between the replicas.
     let replicas: HashSet<String> = {
         let bus = stack.env.bus().await;
-        read_stream(&bus, &bus.streams.tracked, &bus.subjects.tracked(id)).await.iter()
-            .map(|m| herald_core::contracts::decode::<herald_core::contracts::BatchTracked>(&m.payload).unwrap().replica_id)
+        read_stream(&bus, &bus.streams.tracked, &bus.subjects.tracked(id))
+            .await
+            .iter()
+            .map(|m| {
+                herald_core::contracts::decode::<herald_core::contracts::BatchTracked>(&m.payload)
+                    .unwrap()
+                    .replica_id
+            })
             .collect()
     };
     assert!(replicas.len() >= 2, "batches were handled by {replicas:?}");
@@ -77,10 +107,14 @@ async fn twenty_thousand_recipients_reach_the_provider_exactly_once_across_three
 }
 
 #[tokio::test]
-async fn a_pause_reaches_every_replica_stops_claims_at_once_and_resume_sends_exactly_what_remains() {
+async fn a_pause_reaches_every_replica_stops_claims_at_once_and_resume_sends_exactly_what_remains()
+{
     let provider = ProviderDouble::start(Duration::from_millis(20)).await;
     let concurrency = 8;
-    let sender = SenderConfig { concurrency, ..test_sender_config() };
+    let sender = SenderConfig {
+        concurrency,
+        ..test_sender_config()
+    };
     let stack = Stack::start(2, 3, sender).await;
     let id = stack.create_campaign(provider.webhook_channel()).await;
     stack.import(id, 3_000).await;
@@ -95,25 +129,54 @@ async fn a_pause_reaches_every_replica_stops_claims_at_once_and_resume_sends_exa
 
     for sender in &stack.workers.senders {
         assert!(
-            sender.applied_controls().iter().any(|c| c.campaign_id == id && c.action == ControlAction::Pause),
-            "sender {} never saw the pause", sender.replica_id()
+            sender
+                .applied_controls()
+                .iter()
+                .any(|c| c.campaign_id == id && c.action == ControlAction::Pause),
+            "sender {} never saw the pause",
+            sender.replica_id()
         );
     }
     for packer in &stack.workers.packers {
-        assert!(packer.applied_controls().contains(&(id, ControlAction::Pause)), "packer {} never saw the pause", packer.replica_id());
+        assert!(
+            packer
+                .applied_controls()
+                .contains(&(id, ControlAction::Pause)),
+            "packer {} never saw the pause",
+            packer.replica_id()
+        );
     }
-    assert_eq!(claimed_after(&stack, id, answered_at).await, 0, "no row is claimed after the pause commits");
-    let late = provider.requests().iter().filter(|r| r.started > answered).count();
-    assert!(late <= 3 * concurrency, "{late} requests started after the pause response");
+    assert_eq!(
+        claimed_after(&stack, id, answered_at).await,
+        0,
+        "no row is claimed after the pause commits"
+    );
+    let late = provider
+        .requests()
+        .iter()
+        .filter(|r| r.started > answered)
+        .count();
+    assert!(
+        late <= 3 * concurrency,
+        "{late} requests started after the pause response"
+    );
     let paused = stack.campaign(id).await;
     assert_eq!(paused["status"], "paused");
-    assert_eq!(paused["counters"]["sending"], 0, "unsent claimed rows went back to pending");
+    assert_eq!(
+        paused["counters"]["sending"], 0,
+        "unsent claimed rows went back to pending"
+    );
     assert_counters_match_ledger(&stack.env.pool(), id, &paused).await;
     let sent_before_resume = provider.request_count();
-    assert!(sent_before_resume < 3_000, "the pause came too late to test anything");
+    assert!(
+        sent_before_resume < 3_000,
+        "the pause came too late to test anything"
+    );
 
     assert_eq!(stack.transition(id, "resume").await.0, 200);
-    let body = stack.wait_for_status(id, Status::Completed, Duration::from_secs(120)).await;
+    let body = stack
+        .wait_for_status(id, Status::Completed, Duration::from_secs(120))
+        .await;
     assert_each_recipient_sent_once(&provider, 3_000);
     assert_counters_match_ledger(&stack.env.pool(), id, &body).await;
     stack.stop().await;
@@ -122,7 +185,15 @@ async fn a_pause_reaches_every_replica_stops_claims_at_once_and_resume_sends_exa
 #[tokio::test]
 async fn a_stop_in_mid_flight_is_final() {
     let provider = ProviderDouble::start(Duration::from_millis(20)).await;
-    let stack = Stack::start(1, 2, SenderConfig { concurrency: 8, ..test_sender_config() }).await;
+    let stack = Stack::start(
+        1,
+        2,
+        SenderConfig {
+            concurrency: 8,
+            ..test_sender_config()
+        },
+    )
+    .await;
     let id = stack.create_campaign(provider.webhook_channel()).await;
     stack.import(id, 2_000).await;
     assert_eq!(stack.transition(id, "start").await.0, 200);
@@ -134,7 +205,11 @@ async fn a_stop_in_mid_flight_is_final() {
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["from"], "stopped");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(provider.request_count(), after_stop, "no send follows a stop");
+    assert_eq!(
+        provider.request_count(),
+        after_stop,
+        "no send follows a stop"
+    );
     let body = stack.campaign(id).await;
     assert_eq!(body["status"], "stopped");
     assert_eq!(body["counters"]["sending"], 0);
@@ -145,8 +220,19 @@ async fn a_stop_in_mid_flight_is_final() {
 
 async fn forge(stack: &Stack, campaign: Uuid, action: ControlAction) {
     let bus = stack.env.bus().await;
-    let forged = ControlMessage { campaign_id: campaign, action, correlation_id: Uuid::new_v4() };
-    bus.publish_contract(bus.subjects.control(campaign), &forged, &Uuid::new_v4().to_string(), None).await.unwrap();
+    let forged = ControlMessage {
+        campaign_id: campaign,
+        action,
+        correlation_id: Uuid::new_v4(),
+    };
+    bus.publish_contract(
+        bus.subjects.control(campaign),
+        &forged,
+        &Uuid::new_v4().to_string(),
+        None,
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -163,10 +249,20 @@ async fn forged_control_messages_change_no_state_and_cause_no_send() {
     forge(&stack, sending, ControlAction::Pause).await;
     forge(&stack, sending, ControlAction::Stop).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let seen = stack.workers.senders.iter().all(|s| s.applied_controls().iter().any(|c| c.campaign_id == sending));
+    let seen = stack.workers.senders.iter().all(|s| {
+        s.applied_controls()
+            .iter()
+            .any(|c| c.campaign_id == sending)
+    });
     assert!(seen, "the forged messages were delivered, and ignored");
-    let body = stack.wait_for_status(sending, Status::Completed, Duration::from_secs(60)).await;
-    assert_eq!(body["version"].as_i64(), version.as_i64().map(|v| v + 1), "only the completion changed state");
+    let body = stack
+        .wait_for_status(sending, Status::Completed, Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        body["version"].as_i64(),
+        version.as_i64().map(|v| v + 1),
+        "only the completion changed state"
+    );
     assert_each_recipient_sent_once(&provider, 1_000);
 
     // A forged resume while Postgres says paused: nothing is sent.
@@ -178,7 +274,11 @@ async fn forged_control_messages_change_no_state_and_cause_no_send() {
     let before = provider.request_count();
     forge(&stack, paused, ControlAction::Resume).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(provider.request_count(), before, "a forged resume sends nothing");
+    assert_eq!(
+        provider.request_count(),
+        before,
+        "a forged resume sends nothing"
+    );
     assert_eq!(stack.campaign(paused).await["status"], "paused");
     stack.stop().await;
 }
@@ -187,7 +287,10 @@ async fn forged_control_messages_change_no_state_and_cause_no_send() {
 async fn provider_failures_are_retried_or_recorded_as_the_contract_says() {
     // Recipient 0: 500, 500, then 200. Recipient 1: 400. Recipient 2: 429 with Retry-After: 1, then 200.
     let provider = ProviderDouble::scripted(Duration::ZERO, |request| {
-        let address = request.body["address"].as_str().unwrap_or_default().to_owned();
+        let address = request.body["address"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         match (address.as_str(), request.attempt) {
             ("+155500000000", 1 | 2) => Reply::Status(500),
             ("+155500000001", _) => Reply::Status(400),
@@ -200,23 +303,42 @@ async fn provider_failures_are_retried_or_recorded_as_the_contract_says() {
     let id = stack.create_campaign(provider.webhook_channel()).await;
     stack.import(id, 3).await;
     assert_eq!(stack.transition(id, "start").await.0, 200);
-    let body = stack.wait_for_status(id, Status::Completed, Duration::from_secs(30)).await;
+    let body = stack
+        .wait_for_status(id, Status::Completed, Duration::from_secs(30))
+        .await;
     assert_eq!(body["counters"]["sent"], 2);
     assert_eq!(body["counters"]["failed"], 1);
     let rows: Vec<(String, String, i32, Option<String>, Option<String>)> = sqlx::query_as(
         "SELECT address, status, attempts, last_error, provider_message_id FROM recipients WHERE campaign_id = $1 ORDER BY address")
         .bind(id).fetch_all(&stack.env.pool()).await.unwrap();
     assert_eq!((rows[0].1.as_str(), rows[0].2), ("sent", 3), "{rows:?}");
-    assert!(rows[0].4.as_deref().is_some_and(|m| m.starts_with("msg-")), "the provider's message id is kept");
+    assert!(
+        rows[0].4.as_deref().is_some_and(|m| m.starts_with("msg-")),
+        "the provider's message id is kept"
+    );
     assert_eq!((rows[1].1.as_str(), rows[1].2), ("failed", 1));
-    assert!(rows[1].3.as_deref().unwrap_or_default().contains("400"), "the reason is recorded: {:?}", rows[1].3);
+    assert!(
+        rows[1].3.as_deref().unwrap_or_default().contains("400"),
+        "the reason is recorded: {:?}",
+        rows[1].3
+    );
     assert_eq!(rows[2].1, "sent");
     let requests = provider.requests();
-    let third: Vec<_> = requests.iter().filter(|r| r.body["address"] == "+155500000002").collect();
+    let third: Vec<_> = requests
+        .iter()
+        .filter(|r| r.body["address"] == "+155500000002")
+        .collect();
     assert_eq!(third.len(), 2);
-    assert!(third[1].started - third[0].started >= Duration::from_secs(1), "Retry-After was honoured");
+    assert!(
+        third[1].started - third[0].started >= Duration::from_secs(1),
+        "Retry-After was honoured"
+    );
     // Every attempt carried the same idempotency key.
-    let first: HashSet<_> = requests.iter().filter(|r| r.body["address"] == "+155500000000").map(|r| r.idempotency_key.clone()).collect();
+    let first: HashSet<_> = requests
+        .iter()
+        .filter(|r| r.body["address"] == "+155500000000")
+        .map(|r| r.idempotency_key.clone())
+        .collect();
     assert_eq!(first.len(), 1);
     stack.stop().await;
 }
@@ -225,7 +347,11 @@ async fn provider_failures_are_retried_or_recorded_as_the_contract_says() {
 async fn with_the_fast_path_off_a_pause_still_takes_effect_within_the_status_ttl() {
     let provider = ProviderDouble::start(Duration::from_millis(10)).await;
     let ttl = Duration::from_millis(1000);
-    let mut sender = SenderConfig { concurrency: 4, status_ttl_ms: ttl.as_millis() as u64, ..test_sender_config() };
+    let mut sender = SenderConfig {
+        concurrency: 4,
+        status_ttl_ms: ttl.as_millis() as u64,
+        ..test_sender_config()
+    };
     sender.control.control_fast_path = false;
     let stack = Stack::start(1, 2, sender).await;
     let id = stack.create_campaign(provider.webhook_channel()).await;
@@ -234,13 +360,32 @@ async fn with_the_fast_path_off_a_pause_still_takes_effect_within_the_status_ttl
     wait_for_requests(&provider, 100).await;
     assert_eq!(stack.transition(id, "pause").await.0, 200);
     let answered = Instant::now();
+    let answered_at = chrono::Utc::now();
     wait_until_quiet(&provider).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // Senders still trust their cached "sending" for up to a TTL, but the claim
+    // itself reads Postgres: nothing is claimed after the pause.
+    assert_eq!(
+        claimed_after(&stack, id, answered_at).await,
+        0,
+        "no row is claimed after the pause commits"
+    );
     let requests = provider.requests();
     let last = requests.iter().map(|r| r.started).max().unwrap();
     // The authoritative recheck stops dispatch one TTL (plus one in-flight request) later.
-    assert!(last < answered + ttl + Duration::from_millis(1500), "sent {:?} after the pause", last - answered);
-    assert!(stack.workers.senders.iter().all(|s| s.applied_controls().is_empty()), "no control consumer ran");
+    assert!(
+        last < answered + ttl + Duration::from_millis(1500),
+        "sent {:?} after the pause",
+        last - answered
+    );
+    assert!(
+        stack
+            .workers
+            .senders
+            .iter()
+            .all(|s| s.applied_controls().is_empty()),
+        "no control consumer ran"
+    );
     let body = stack.campaign(id).await;
     assert_eq!(body["status"], "paused");
     assert!(body["counters"]["pending"].as_i64().unwrap() > 0);
@@ -252,25 +397,114 @@ async fn a_malformed_send_batch_is_dead_lettered_and_the_sender_keeps_working() 
     let provider = ProviderDouble::start(Duration::ZERO).await;
     let stack = Stack::start(1, 1, test_sender_config()).await;
     let bus = stack.env.bus().await;
-    for bad in [&b"{\"campaignId\": "[..], &b"{\"campaignId\": 5}"[..], &b"\xff\xfe"[..]] {
-        bus.publish_raw(bus.subjects.send(), bad.to_vec().into(), &Uuid::new_v4().to_string(), None).await.unwrap();
+    for bad in [
+        &b"{\"campaignId\": "[..],
+        &b"{\"campaignId\": 5}"[..],
+        &b"\xff\xfe"[..],
+    ] {
+        bus.publish_raw(
+            bus.subjects.send(),
+            bad.to_vec().into(),
+            &Uuid::new_v4().to_string(),
+            None,
+        )
+        .await
+        .unwrap();
     }
     let id = stack.create_campaign(provider.webhook_channel()).await;
     stack.import(id, 100).await;
     assert_eq!(stack.transition(id, "start").await.0, 200);
-    stack.wait_for_status(id, Status::Completed, Duration::from_secs(30)).await;
-    let dead = read_stream(&bus, &bus.streams.dlq, &bus.subjects.dlq(&bus.subjects.send())).await;
+    stack
+        .wait_for_status(id, Status::Completed, Duration::from_secs(30))
+        .await;
+    let dead = read_stream(
+        &bus,
+        &bus.streams.dlq,
+        &bus.subjects.dlq(&bus.subjects.send()),
+    )
+    .await;
     assert_eq!(dead.len(), 3, "each bad message is dead-lettered once");
     for message in dead {
-        let letter: DeadLetter = herald_core::contracts::decode(&message.payload).expect("schema-valid dead letter");
+        let letter: DeadLetter =
+            herald_core::contracts::decode(&message.payload).expect("schema-valid dead letter");
         assert_eq!(letter.original_subject, "campaigns.send");
         assert!(!letter.reason.is_empty());
         assert_eq!(letter.consumer, "sender");
     }
     // Terminated, not redelivered: nothing is left pending on the work consumer.
-    let mut consumer = bus.work_consumer(herald_core::bus::SENDER_DURABLE).await.unwrap();
+    let mut consumer = bus
+        .work_consumer(herald_core::bus::SENDER_DURABLE)
+        .await
+        .unwrap();
     let info = consumer.info().await.unwrap();
     assert_eq!(info.num_ack_pending, 0);
     assert_eq!(info.num_pending, 0);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_claim_that_races_a_pause_waits_for_it_and_then_claims_nothing() {
+    use herald_core::contracts::SendBatch;
+    let stack = Stack::start(0, 0, test_sender_config()).await;
+    let id = stack.create_campaign(json!({"provider": "log"})).await;
+    stack.import(id, 50).await;
+    assert_eq!(stack.transition(id, "start").await.0, 200);
+    let pool = stack.env.pool();
+    let batch = SendBatch {
+        campaign_id: id,
+        run_epoch: 1,
+        first_recipient_id: 0,
+        last_recipient_id: i64::MAX,
+        recipient_count: 50,
+        correlation_id: Uuid::new_v4(),
+    };
+    // A pause in the middle of its transaction: the row lock is held, not yet committed.
+    let mut pause = pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM campaigns WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *pause)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE campaigns SET status = 'paused' WHERE id = $1")
+        .bind(id)
+        .execute(&mut *pause)
+        .await
+        .unwrap();
+    let claim = tokio::spawn({
+        let pool = pool.clone();
+        let batch = batch.clone();
+        async move {
+            herald_sender::ledger::claim_batch(&pool, &batch, Uuid::new_v4(), 30.0)
+                .await
+                .unwrap()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !claim.is_finished(),
+        "the claim waits for the pause to commit or roll back"
+    );
+    pause.commit().await.unwrap();
+    assert!(
+        claim.await.unwrap().is_empty(),
+        "after the pause commits, nothing is claimed"
+    );
+    // And a claim that wins the race commits before the pause can.
+    sqlx::query("UPDATE campaigns SET status = 'sending' WHERE id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let claimed = herald_sender::ledger::claim_batch(&pool, &batch, Uuid::new_v4(), 30.0)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 50);
+    let again = herald_sender::ledger::claim_batch(&pool, &batch, Uuid::new_v4(), 30.0)
+        .await
+        .unwrap();
+    assert!(
+        again.is_empty(),
+        "rows under a live lease are never claimed twice"
+    );
     stack.stop().await;
 }
