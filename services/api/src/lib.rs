@@ -99,6 +99,15 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(h::healthz))
         .route("/readyz", get(h::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
+        // After every route: it applies to the routes registered so far. Axum
+        // still adds the `Allow` header.
+        .method_not_allowed_fallback(|| async {
+            error::ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
         .fallback(|| async {
             error::ApiError::new(
                 axum::http::StatusCode::NOT_FOUND,

@@ -170,30 +170,17 @@ pub async fn commit_transition(
         }
     }
     let to = next_status(current.status, request.action)?;
-    match request.action {
-        Action::Schedule => match request.scheduled_at.or(current.scheduled_at) {
+    if request.action == Action::Schedule {
+        match request.scheduled_at.or(current.scheduled_at) {
             Some(at) if at > Utc::now() => {}
-            Some(_) => {
-                return Err(TransitionError::Precondition(
-                    "scheduled_at must be in the future".into(),
-                ));
-            }
-            None => {
-                return Err(TransitionError::Precondition(
-                    "schedule needs a scheduled_at time".into(),
-                ));
-            }
-        },
-        Action::Complete => {
-            if current.packed_epoch < current.run_epoch
-                || has_open_recipients(&mut tx, current.id).await?
-            {
-                return Err(TransitionError::Precondition(
-                    "recipients are still open".into(),
-                ));
-            }
+            Some(_) => return Err(TransitionError::Precondition("scheduled_at must be in the future".into())),
+            None => return Err(TransitionError::Precondition("schedule needs a scheduled_at time".into())),
         }
-        _ => {}
+    }
+    if request.action == Action::Complete
+        && (current.packed_epoch < current.run_epoch || has_open_recipients(&mut tx, current.id).await?)
+    {
+        return Err(TransitionError::Precondition("recipients are still open".into()));
     }
     let scheduled_at = request.scheduled_at.or(current.scheduled_at);
     let campaign = update_projection(&mut tx, current.id, to, request.action, scheduled_at).await?;

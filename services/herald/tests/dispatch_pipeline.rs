@@ -11,6 +11,9 @@ use herald_testkit::*;
 use serde_json::json;
 use uuid::Uuid;
 
+/// address, status, attempts, last_error, provider_message_id
+type LedgerRow = (String, String, i32, Option<String>, Option<String>);
+
 async fn claimed_after(stack: &Stack, campaign: Uuid, at: chrono::DateTime<chrono::Utc>) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM recipients WHERE campaign_id = $1 AND claimed_at > $2")
         .bind(campaign)
@@ -308,7 +311,7 @@ async fn provider_failures_are_retried_or_recorded_as_the_contract_says() {
         .await;
     assert_eq!(body["counters"]["sent"], 2);
     assert_eq!(body["counters"]["failed"], 1);
-    let rows: Vec<(String, String, i32, Option<String>, Option<String>)> = sqlx::query_as(
+    let rows: Vec<LedgerRow> = sqlx::query_as(
         "SELECT address, status, attempts, last_error, provider_message_id FROM recipients WHERE campaign_id = $1 ORDER BY address")
         .bind(id).fetch_all(&stack.env.pool()).await.unwrap();
     assert_eq!((rows[0].1.as_str(), rows[0].2), ("sent", 3), "{rows:?}");

@@ -152,7 +152,7 @@ impl Sender {
     pub async fn connect(common: &CommonConfig, config: SenderConfig) -> anyhow::Result<Self> {
         let pool = herald_core::db::pool(common)?;
         let bus = Bus::connect(common, "herald-sender").await?;
-        Ok(Self::new(pool, bus, common.replica_id(), config)?)
+        Self::new(pool, bus, common.replica_id(), config)
     }
 
     pub fn new(

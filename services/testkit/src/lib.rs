@@ -149,7 +149,10 @@ pub struct NatsServer {
 fn nats_server_binary() -> PathBuf {
     std::env::var("HERALD_TEST_NATS_SERVER")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from("nats-server"))
+        .unwrap_or_else(|_| {
+            let fallback = PathBuf::from("/usr/sbin/nats-server");
+            if fallback.exists() { fallback } else { PathBuf::from("nats-server") }
+        })
 }
 
 impl NatsServer {

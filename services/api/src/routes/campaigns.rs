@@ -470,7 +470,7 @@ pub async fn bulk_transition(
     auth: AuthTenant,
     correlation: RequestCorrelation,
     action: Result<Path<String>, axum::extract::rejection::PathRejection>,
-    ApiJson(body): ApiJson<BulkRequest>,
+    body: Result<ApiJson<BulkRequest>, ApiError>,
 ) -> ApiResult<axum::Json<BulkResponse>> {
     let Path(action) = action?;
     let action = match action.as_str() {
@@ -485,6 +485,8 @@ pub async fn bulk_transition(
             ));
         }
     };
+    // An unknown action is a 404 whatever the body; only then is the body checked.
+    let ApiJson(body) = body?;
     if body.ids.is_empty() || body.ids.len() > 1000 {
         return Err(ApiError::validation("ids must hold 1 to 1000 campaign ids"));
     }
