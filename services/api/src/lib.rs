@@ -6,6 +6,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod observe;
 pub mod openapi;
 pub mod routes;
 pub mod scheduler;
@@ -93,12 +94,17 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/v1/campaigns/{id}/duplicate", post(c::duplicate_campaign))
         .route("/v1/campaigns/{id}/events", get(c::campaign_events))
+        .route(
+            "/v1/campaigns/{id}/progress",
+            get(routes::progress::campaign_progress),
+        )
         .route("/v1/campaigns/{id}/{action}", post(c::transition_campaign))
         .layer(DefaultBodyLimit::max(json_limit))
         .merge(imports)
         .route("/healthz", get(h::healthz))
         .route("/readyz", get(h::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
+        .merge(herald_core::telemetry::metrics_router())
         // After every route: it applies to the routes registered so far. Axum
         // still adds the `Allow` header.
         .method_not_allowed_fallback(|| async {
@@ -115,7 +121,8 @@ pub fn router(state: AppState) -> Router {
                 "no such route",
             )
         })
-        .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(observe::track_http))
+        .layer(TraceLayer::new_for_http().make_span_with(observe::request_span))
         .with_state(state)
 }
 
@@ -124,6 +131,7 @@ pub async fn build_state(common: &CommonConfig, config: &ApiConfig) -> anyhow::R
     let pool = herald_core::db::pool(common)?;
     let bus = Bus::connect(common, "herald-api").await?;
     let outbox = Outbox::new(pool.clone(), bus.clone());
+    let progress = routes::progress::ProgressHub::start(pool.clone(), bus.clone());
     Ok(AppState {
         lifecycle: Lifecycle::new(pool.clone(), outbox),
         pool,
@@ -132,6 +140,7 @@ pub async fn build_state(common: &CommonConfig, config: &ApiConfig) -> anyhow::R
             json_body_bytes: config.max_body_bytes,
             import_body_bytes: config.max_import_bytes,
         },
+        progress,
     })
 }
 
@@ -145,6 +154,8 @@ pub async fn run_with_listener(
 ) -> anyhow::Result<()> {
     herald_core::db::migrate_with_retry(&common, &shutdown).await?;
     let state = build_state(&common, &config).await?;
+    // Graceful shutdown waits for open responses: end the progress streams first.
+    state.progress.close_on(shutdown.clone());
     // NATS may be down at startup; transitions must still work, so provision in the
     // background and let the relay catch up.
     let bus = state.bus.clone();

@@ -45,9 +45,26 @@ pub struct CommonConfig {
     /// JetStream stream replicas (3 on a 3-node cluster).
     #[arg(long, env = "HERALD_STREAM_REPLICAS", default_value_t = 1)]
     pub stream_replicas: usize,
+
+    /// Address for `/metrics` in packer and sender processes (the api serves
+    /// `/metrics` on its own listener). Unset: no listener.
+    #[arg(long, env = "HERALD_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl CommonConfig {
+    /// Serves `/metrics` on `metrics_listen`, if set, until shutdown.
+    pub fn spawn_metrics_listener(&self, shutdown: &crate::CancellationToken) {
+        if let Some(addr) = self.metrics_listen {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(error) = crate::telemetry::serve_metrics(addr, shutdown).await {
+                    tracing::error!(%addr, error = %format!("{error:#}"), "metrics listener failed");
+                }
+            });
+        }
+    }
+
     /// Settings for this machine's local Postgres and NATS, as documented defaults.
     pub fn local_defaults() -> Self {
         Self {
@@ -60,6 +77,7 @@ impl CommonConfig {
             subject_prefix: String::new(),
             stream_prefix: "HERALD".into(),
             stream_replicas: 1,
+            metrics_listen: None,
         }
     }
 
@@ -122,6 +140,7 @@ impl fmt::Debug for CommonConfig {
             .field("subject_prefix", &self.subject_prefix)
             .field("stream_prefix", &self.stream_prefix)
             .field("stream_replicas", &self.stream_replicas)
+            .field("metrics_listen", &self.metrics_listen)
             .finish()
     }
 }

@@ -16,6 +16,14 @@ pub trait Contract: Serialize + DeserializeOwned {
     /// The schema's file name under `schemas/`.
     const SCHEMA_NAME: &'static str;
     fn validator() -> &'static jsonschema::Validator;
+    /// The campaign the message is about, for log context.
+    fn campaign(&self) -> Option<Uuid> {
+        None
+    }
+    /// The producer's correlation id, for log context.
+    fn correlation(&self) -> Option<Uuid> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +83,21 @@ pub fn decode<T: Contract>(payload: &[u8]) -> Result<T, ContractError> {
 
 macro_rules! contract {
     ($ty:ty, $file:literal) => {
+        contract!($ty, $file, {});
+    };
+    ($ty:ty, $file:literal, campaign) => {
+        contract!($ty, $file, {
+            fn campaign(&self) -> Option<Uuid> {
+                Some(self.campaign_id)
+            }
+            fn correlation(&self) -> Option<Uuid> {
+                Some(self.correlation_id)
+            }
+        });
+    };
+    ($ty:ty, $file:literal, { $($extra:item)* }) => {
         impl Contract for $ty {
+            $($extra)*
             const SCHEMA_NAME: &'static str = $file;
             fn validator() -> &'static jsonschema::Validator {
                 static VALIDATOR: LazyLock<jsonschema::Validator> =
@@ -102,7 +124,7 @@ pub struct ControlMessage {
     pub action: ControlAction,
     pub correlation_id: Uuid,
 }
-contract!(ControlMessage, "campaigns.control.json");
+contract!(ControlMessage, "campaigns.control.json", campaign);
 
 /// `campaigns.events.<campaignId>`: one committed lifecycle event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -121,7 +143,7 @@ pub struct LifecycleEvent {
     pub occurred_at: DateTime<Utc>,
     pub correlation_id: Uuid,
 }
-contract!(LifecycleEvent, "campaigns.events.json");
+contract!(LifecycleEvent, "campaigns.events.json", campaign);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -142,7 +164,7 @@ pub struct PackRequest {
     pub triggered_by: TriggeredBy,
     pub correlation_id: Uuid,
 }
-contract!(PackRequest, "campaigns.pack.json");
+contract!(PackRequest, "campaigns.pack.json", campaign);
 
 /// `campaigns.send`: one batch, as an inclusive recipient id range.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -155,7 +177,7 @@ pub struct SendBatch {
     pub recipient_count: i64,
     pub correlation_id: Uuid,
 }
-contract!(SendBatch, "campaigns.send.json");
+contract!(SendBatch, "campaigns.send.json", campaign);
 
 impl SendBatch {
     /// Deterministic `Nats-Msg-Id`: a redelivered pack message publishes nothing twice.
@@ -182,7 +204,7 @@ pub struct BatchTracked {
     pub replica_id: String,
     pub correlation_id: Uuid,
 }
-contract!(BatchTracked, "campaigns.tracked.json");
+contract!(BatchTracked, "campaigns.tracked.json", campaign);
 
 /// `campaigns.dlq.<originalSubject>`: a message that was terminated, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

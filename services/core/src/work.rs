@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind};
 use futures::{FutureExt, StreamExt};
+use tracing::Instrument;
 use tokio::sync::Semaphore;
 
 use crate::CancellationToken;
@@ -116,38 +117,69 @@ pub async fn dead_letter(
     bus.dead_letter(letter).await;
 }
 
-async fn handle_one<T, F, Fut>(
-    bus: Bus,
-    identity: WorkerIdentity,
-    message: jetstream::Message,
-    step: F,
-) where
+async fn handle_one<T, F, Fut>(bus: Bus, identity: WorkerIdentity, message: jetstream::Message, step: F)
+where
     T: Contract,
     F: Fn(T, Delivery) -> Fut,
     Fut: Future<Output = StepOutcome>,
 {
+    // Every log line about this message carries its campaign and correlation id.
+    let span = tracing::info_span!(
+        "message",
+        consumer = %identity.consumer,
+        subject = %message.subject,
+        campaign_id = tracing::field::Empty,
+        correlation_id = tracing::field::Empty,
+    );
     let outcome = match contracts::decode::<T>(&message.payload) {
-        Err(error) => StepOutcome::DeadLetter {
-            reason: error.to_string(),
-        },
+        Err(error) => StepOutcome::DeadLetter { reason: error.to_string() },
         Ok(payload) => {
-            let message = Arc::new(message.clone());
-            let delivery = Delivery { message };
-            match AssertUnwindSafe(step(payload, delivery))
-                .catch_unwind()
-                .await
-            {
+            let delivery = Delivery { message: Arc::new(message.clone()) };
+            if let Some(campaign) = payload.campaign() {
+                span.record("campaign_id", tracing::field::display(campaign));
+            }
+            // The caller's own id when it sent one, else the producer's.
+            match delivery.request_correlation_id() {
+                Some(id) => span.record("correlation_id", tracing::field::display(id)),
+                None => span.record("correlation_id", tracing::field::display(payload.correlation().unwrap_or_default())),
+            };
+            match AssertUnwindSafe(step(payload, delivery).instrument(span.clone())).catch_unwind().await {
                 Ok(outcome) => outcome,
-                Err(_) => StepOutcome::DeadLetter {
-                    reason: "handler panicked".into(),
-                },
+                Err(_) => StepOutcome::DeadLetter { reason: "handler panicked".into() },
             }
         }
     };
-    metrics::counter!("herald_messages_handled_total", "consumer" => identity.consumer.clone(),
-        "outcome" => match &outcome { StepOutcome::Ack => "ack", StepOutcome::Retry { .. } => "retry", StepOutcome::DeadLetter { .. } => "dead_letter" })
-    .increment(1);
-    settle(&bus, &identity, &message, outcome).await;
+    let label = match &outcome {
+        StepOutcome::Ack => "ack",
+        StepOutcome::Retry { .. } => "retry",
+        StepOutcome::DeadLetter { .. } => "dead_letter",
+    };
+    metrics::counter!("herald_messages_handled_total", "consumer" => identity.consumer.clone(), "outcome" => label)
+        .increment(1);
+    settle(&bus, &identity, &message, outcome).instrument(span).await;
+}
+
+/// Publishes a consumer's pending, ack-pending and redelivered counts as gauges.
+pub async fn sample_consumer(consumer: &mut PullConsumer, name: &str) {
+    if let Ok(info) = consumer.info().await {
+        let name = name.to_owned();
+        metrics::gauge!("herald_consumer_pending", "consumer" => name.clone()).set(info.num_pending as f64);
+        metrics::gauge!("herald_consumer_ack_pending", "consumer" => name.clone()).set(info.num_ack_pending as f64);
+        metrics::gauge!("herald_consumer_redelivered", "consumer" => name).set(info.num_redelivered as f64);
+    }
+}
+
+/// Samples the consumer's state every 10 s until `stop`.
+fn spawn_sampler(mut consumer: PullConsumer, name: String, stop: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            sample_consumer(&mut consumer, &name).await;
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            }
+        }
+    });
 }
 
 /// Pulls from a shared work consumer and runs `step` on each message, at most
@@ -168,9 +200,16 @@ where
     Fut: Future<Output = StepOutcome> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(max_in_flight));
+    let mut sampler: Option<CancellationToken> = None;
     'reconnect: while !shutdown.is_cancelled() {
+        if let Some(previous) = sampler.take() {
+            previous.cancel();
+        }
         let messages = async {
             let pull = consumer().await?;
+            let stop = shutdown.child_token();
+            spawn_sampler(pull.clone(), identity.consumer.clone(), stop.clone());
+            sampler = Some(stop);
             let stream = pull
                 .stream()
                 .max_messages_per_batch(max_in_flight)

@@ -131,6 +131,8 @@ fn shutdown_on_signal() -> CancellationToken {
 fn for_service(common: &CommonConfig, base_replica_id: &str, service: &str) -> CommonConfig {
     let mut common = common.clone();
     common.replica_id = Some(format!("{base_replica_id}-{service}"));
+    // In one process the api's /metrics already covers every service.
+    common.metrics_listen = None;
     common
 }
 
@@ -167,6 +169,7 @@ async fn run_all(
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
+    herald_core::telemetry::install();
     match cli.command {
         Command::Migrate { common } => {
             herald_core::db::migrate(&common).await?;

@@ -526,6 +526,7 @@ pub async fn run(
     config: PackerConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    common.spawn_metrics_listener(&shutdown);
     let packer = Packer::connect(&common, config).await?;
     packer.run(shutdown).await
 }

@@ -626,6 +626,7 @@ pub async fn run(
     config: SenderConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    common.spawn_metrics_listener(&shutdown);
     let sender = Sender::connect(&common, config).await?;
     sender.run(shutdown).await
 }

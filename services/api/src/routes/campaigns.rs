@@ -279,6 +279,7 @@ async fn apply_update(
 pub async fn update_campaign(
     State(state): State<AppState>,
     auth: AuthTenant,
+    correlation: RequestCorrelation,
     id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,
     if_match: Option<IfMatch>,
     ApiJson(body): ApiJson<UpdateCampaign>,
@@ -300,7 +301,11 @@ pub async fn update_campaign(
         .ok_or_else(ApiError::not_found)?;
     require_draft(&current, "edited", if_match)?;
     let updated = apply_update(&mut tx, id, &body).await?;
+    // Every version has its event, so the history explains every change.
+    let payload = serde_json::json!({"from": "draft", "to": "draft", "version": updated.version, "runEpoch": 0});
+    append_event(&mut tx, id, "updated", payload, &auth.actor(&correlation)).await?;
     tx.commit().await?;
+    state.lifecycle.outbox.publish_fast(id).await;
     Ok(axum::Json(updated.into()))
 }
 
