@@ -4,7 +4,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::routes::{campaigns, health, recipients};
+use crate::routes::{campaigns, health, progress, recipients};
 use crate::views::*;
 
 struct BearerAuth;
@@ -32,6 +32,7 @@ impl Modify for BearerAuth {
         campaigns::transition_campaign,
         campaigns::bulk_transition,
         campaigns::campaign_events,
+        progress::campaign_progress,
         recipients::import_recipients,
         recipients::list_recipients,
         health::healthz,
@@ -39,7 +40,8 @@ impl Modify for BearerAuth {
     ),
     components(schemas(ErrorBody, ErrorDetail, CampaignView, CampaignPage, CreateCampaign, UpdateCampaign,
         TemplateSpec, ScheduleBody, BulkRequest, BulkResponse, BulkResult, EventView, EventList,
-        RecipientImport, RecipientInput, ImportResult, RejectedRow, RecipientView, RecipientPage)),
+        RecipientImport, RecipientInput, ImportResult, RejectedRow, RecipientView, RecipientPage,
+        progress::Progress)),
     modifiers(&BearerAuth)
 )]
 #[derive(Debug)]

@@ -5,6 +5,8 @@
 //! out separately. Every setting is an environment variable and a flag
 //! (`herald <command> --help`).
 
+mod cli;
+
 use clap::{Parser, Subcommand};
 use herald_api::ApiConfig;
 use herald_core::CancellationToken;
@@ -78,6 +80,12 @@ enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Operate campaigns through the HTTP API: create, import, start, watch, ...
+    Campaign(cli::campaign::CampaignArgs),
+    /// Read lifecycle events straight from JetStream.
+    Events(cli::events::EventsArgs),
+    /// List and replay dead letters.
+    Dlq(cli::dlq::DlqArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -215,6 +223,10 @@ async fn main() -> anyhow::Result<()> {
             );
             println!("{token}");
         }
+        // The operator CLI exits with its own codes (1 API error, 2 usage).
+        Command::Campaign(args) => std::process::exit(cli::campaign::run(args).await),
+        Command::Events(args) => std::process::exit(cli::events::run(args).await),
+        Command::Dlq(args) => std::process::exit(cli::dlq::run(args).await),
     }
     Ok(())
 }

@@ -298,7 +298,7 @@ impl Packer {
             .num_microseconds()
             .unwrap_or(0) as f64
             / 1e6;
-        metrics::histogram!("herald_control_apply_seconds", "service" => "packer")
+        metrics::histogram!("herald_control_apply_seconds", "service" => "packer", "replica" => self.inner.replica_id.clone())
             .record(latency.max(0.0));
         let mut applied = self.inner.applied.lock().expect("applied lock");
         if applied.len() >= 10_000 {

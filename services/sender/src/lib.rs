@@ -131,6 +131,19 @@ pub struct Sender {
     inner: Arc<SenderInner>,
 }
 
+/// How long a sender keeps retrying an outcome write while Postgres is down
+/// before it leaves the rows to lease expiry.
+const RECORD_RETRY_LIMIT: Duration = Duration::from_secs(120);
+
+/// What one batch wrote to the ledger.
+#[derive(Debug, Default)]
+struct Recorded {
+    sent: i64,
+    failed: i64,
+    /// Open rows left in the campaign after the last write.
+    open: Option<ledger::OpenCounts>,
+}
+
 /// How one claimed recipient ended on this replica.
 enum Dispatched {
     Done(RecipientOutcome),
@@ -197,7 +210,7 @@ impl Sender {
             .num_microseconds()
             .unwrap_or(0) as f64
             / 1e6;
-        metrics::histogram!("herald_control_apply_seconds", "service" => "sender")
+        metrics::histogram!("herald_control_apply_seconds", "service" => "sender", "replica" => self.inner.replica_id.clone())
             .record(latency.max(0.0));
         tracing::debug!(campaign_id = %campaign, action = ?signal.message.action,
             correlation_id = ?signal.request_correlation_id, "control applied");
@@ -437,36 +450,42 @@ impl Sender {
             })
         };
 
-        let results: Vec<Dispatched> = futures::stream::iter(claimed)
-            .map(|recipient| {
-                let plan = plan.clone();
-                async move {
-                    let _slot = self.inner.dispatch_slots.acquire().await;
-                    self.dispatch_one(campaign, &plan, recipient).await
-                }
-            })
-            .buffer_unordered(self.inner.config.concurrency.max(1))
-            .collect()
-            .await;
-        heartbeat.abort();
-
-        let mut outcomes = Vec::new();
+        // Outcomes are written as they complete (group commit: whatever finished
+        // while the previous write ran goes in the next one), not once at the end
+        // of the batch. A `kill -9` then repeats at the provider only the requests
+        // in flight at that instant, not every request the batch had already made.
+        let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut unsent = Vec::new();
-        for result in results {
-            match result {
-                Dispatched::Done(outcome) => outcomes.push(outcome),
-                Dispatched::Unsent(id) => unsent.push(id),
-            }
-        }
-        let sent = outcomes.iter().filter(|o| o.sent).count() as i64;
-        let failed = outcomes.len() as i64 - sent;
-        for o in &outcomes {
-            let result = if o.sent { "sent" } else { "failed" };
-            metrics::counter!("herald_dispatches_total", "provider" => plan.channel.provider(), "outcome" => result).increment(1);
-        }
-        let open = match self.record(campaign, lease_token, &outcomes, &unsent).await {
-            Ok(open) => open,
+        let dispatching = async {
+            futures::stream::iter(claimed)
+                .map(|recipient| {
+                    let plan = plan.clone();
+                    async move {
+                        let _slot = self.inner.dispatch_slots.acquire().await;
+                        self.dispatch_one(campaign, &plan, recipient).await
+                    }
+                })
+                .buffer_unordered(self.inner.config.concurrency.max(1))
+                .for_each(|result| {
+                    match result {
+                        Dispatched::Done(outcome) => {
+                            let _ = done_tx.send(outcome);
+                        }
+                        Dispatched::Unsent(id) => unsent.push(id),
+                    }
+                    async {}
+                })
+                .await;
+            drop(done_tx);
+        };
+        let ((), recorded) = tokio::join!(
+            dispatching,
+            self.record_as_completed(campaign, lease_token, done_rx)
+        );
+        let recorded = match recorded {
+            Ok(recorded) => recorded,
             Err(error) => {
+                heartbeat.abort();
                 // The leases will expire and another replica will finish the rows;
                 // the idempotency key keeps the provider from doubling them.
                 tracing::error!(campaign_id = %campaign, %error, "could not record outcomes");
@@ -475,9 +494,22 @@ impl Sender {
                 };
             }
         };
+        let released = self.release(campaign, lease_token, &unsent).await;
+        heartbeat.abort();
+        if let Err(error) = released {
+            tracing::error!(campaign_id = %campaign, %error, "could not release unsent recipients");
+            return StepOutcome::Retry {
+                delay: Duration::from_secs(1),
+            };
+        }
+        let sent = recorded.sent;
+        let failed = recorded.failed;
         self.track(&batch, claimed_count, sent, failed, unsent.len() as i64)
             .await;
-        if open.is_some_and(|o| o.pending == 0 && o.sending == 0) {
+        if recorded
+            .open
+            .is_some_and(|o| o.pending == 0 && o.sending == 0)
+        {
             if let Err(error) = complete_if_done(&self.inner.lifecycle, campaign, "sender").await {
                 tracing::warn!(campaign_id = %campaign, %error, "completion check failed");
             }
@@ -485,29 +517,81 @@ impl Sender {
         StepOutcome::Ack
     }
 
-    /// Writes outcomes (one statement) and releases unsent rows (one statement).
-    async fn record(
+    /// Writes outcomes as they arrive, each write taking everything queued since
+    /// the last one. A write that fails because Postgres is unreachable is retried
+    /// (the heartbeat keeps renewing the leases meanwhile): giving up would let
+    /// the leases expire and send these recipients a second time.
+    async fn record_as_completed(
         &self,
         campaign: Uuid,
         lease_token: Uuid,
-        outcomes: &[RecipientOutcome],
-        unsent: &[i64],
-    ) -> Result<Option<ledger::OpenCounts>, sqlx::Error> {
-        let pool = &self.inner.pool;
-        let mut open = None;
-        if !outcomes.is_empty() {
-            open = Some(ledger::mark_outcomes(pool, campaign, lease_token, outcomes).await?);
-        }
-        if !unsent.is_empty() {
-            let released = ledger::release_claims(pool, campaign, lease_token, unsent).await?;
-            tracing::info!(campaign_id = %campaign, released = released.released, "released unsent recipients");
-            if released.campaign_sending && released.released > 0 {
-                // Resumed before the release landed: the new epoch's packer may have
-                // passed these rows already, so batch them again.
-                self.rebatch(campaign, released.run_epoch, unsent).await;
+        mut done: tokio::sync::mpsc::UnboundedReceiver<RecipientOutcome>,
+    ) -> Result<Recorded, sqlx::Error> {
+        const MAX_GROUP: usize = 500;
+        let provider = self
+            .plan(campaign)
+            .await
+            .ok()
+            .flatten()
+            .map_or("unknown", |p| p.channel.provider());
+        let mut recorded = Recorded::default();
+        while let Some(first) = done.recv().await {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match done.try_recv() {
+                    Ok(outcome) => group.push(outcome),
+                    Err(_) => break,
+                }
+            }
+            let mut delay = Duration::from_millis(100);
+            let give_up = tokio::time::Instant::now() + RECORD_RETRY_LIMIT;
+            let open = loop {
+                match ledger::mark_outcomes(&self.inner.pool, campaign, lease_token, &group).await {
+                    Ok(open) => break open,
+                    Err(error)
+                        if herald_core::db::is_unavailable(&error)
+                            && tokio::time::Instant::now() < give_up =>
+                    {
+                        tracing::warn!(campaign_id = %campaign, %error, "Postgres unavailable; retrying the outcome write");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_millis(500));
+                    }
+                    Err(error) => return Err(error),
+                }
+            };
+            recorded.open = Some(open);
+            for o in &group {
+                let result = if o.sent { "sent" } else { "failed" };
+                metrics::counter!("herald_dispatches_total", "provider" => provider, "outcome" => result).increment(1);
+                if o.sent {
+                    recorded.sent += 1;
+                } else {
+                    recorded.failed += 1;
+                }
             }
         }
-        Ok(open)
+        Ok(recorded)
+    }
+
+    /// Puts claimed but unsent rows back to pending (one statement).
+    async fn release(
+        &self,
+        campaign: Uuid,
+        lease_token: Uuid,
+        unsent: &[i64],
+    ) -> Result<(), sqlx::Error> {
+        if unsent.is_empty() {
+            return Ok(());
+        }
+        let released =
+            ledger::release_claims(&self.inner.pool, campaign, lease_token, unsent).await?;
+        tracing::info!(campaign_id = %campaign, released = released.released, "released unsent recipients");
+        if released.campaign_sending && released.released > 0 {
+            // Resumed before the release landed: the new epoch's packer may have
+            // passed these rows already, so batch them again.
+            self.rebatch(campaign, released.run_epoch, unsent).await;
+        }
+        Ok(())
     }
 
     async fn rebatch(&self, campaign: Uuid, run_epoch: i32, ids: &[i64]) {

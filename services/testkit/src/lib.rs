@@ -6,6 +6,7 @@
 //! ([`NatsServer`]); the shared servers are never touched. The only double is the
 //! message provider ([`ProviderDouble`]), a real local HTTP server.
 
+pub mod faults;
 mod provider;
 
 pub use provider::{ProviderDouble, RecordedRequest, Reply};
@@ -77,7 +78,8 @@ impl TestEnv {
         common.nats_url = nats_url.to_owned();
         common.subject_prefix = format!("t{tag}.");
         common.stream_prefix = format!("T{tag}");
-        common.db_max_connections = 8;
+        // Small pools: tests run in parallel against one shared server (max_connections 100).
+        common.db_max_connections = 4;
         herald_core::db::migrate(&common)
             .await
             .expect("test database migrates");

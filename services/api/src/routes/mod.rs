@@ -2,4 +2,5 @@
 
 pub mod campaigns;
 pub mod health;
+pub mod progress;
 pub mod recipients;
