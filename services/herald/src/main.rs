@@ -99,9 +99,9 @@ enum TokenCommand {
     },
 }
 
-fn init_logging(format: &str) {
+fn init_logging(format: &str, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -176,7 +176,12 @@ async fn run_all(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    // Services log at info; the operator CLI keeps stderr for its own messages.
+    let default_level = match cli.command {
+        Command::Campaign(_) | Command::Events(_) | Command::Dlq(_) | Command::Tokens { .. } => "warn",
+        _ => "info",
+    };
+    init_logging(&cli.log_format, default_level);
     herald_core::telemetry::install();
     match cli.command {
         Command::Migrate { common } => {
