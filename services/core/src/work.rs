@@ -84,7 +84,13 @@ async fn settle(
     };
     let result = match outcome {
         StepOutcome::Ack => message.ack().await,
-        StepOutcome::Retry { delay } => message.ack_with(AckKind::Nak(Some(delay))).await,
+        // Back off harder on each redelivery, so an outage of a minute or two does
+        // not exhaust the deliveries of healthy messages.
+        StepOutcome::Retry { delay } => {
+            let factor = 1u32 << delivered.clamp(1, 6).saturating_sub(1);
+            let delay = (delay * factor).min(Duration::from_secs(30));
+            message.ack_with(AckKind::Nak(Some(delay))).await
+        }
         StepOutcome::DeadLetter { reason } => {
             dead_letter(bus, identity, message, &reason).await;
             message.ack_with(AckKind::Term).await

@@ -511,3 +511,26 @@ async fn a_claim_that_races_a_pause_waits_for_it_and_then_claims_nothing() {
     );
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn a_batch_claims_at_most_twice_its_declared_size_whatever_its_id_range() {
+    use herald_core::contracts::SendBatch;
+    let stack = Stack::start(0, 0, test_sender_config()).await;
+    let id = stack.create_campaign(json!({"provider": "log"})).await;
+    stack.import(id, 100).await;
+    assert_eq!(stack.transition(id, "start").await.0, 200);
+    // A schema-valid batch whose range spans the whole campaign but declares 5 rows.
+    let wide = SendBatch {
+        campaign_id: id,
+        run_epoch: 1,
+        first_recipient_id: 1,
+        last_recipient_id: i64::MAX,
+        recipient_count: 5,
+        correlation_id: Uuid::new_v4(),
+    };
+    let claimed = herald_sender::ledger::claim_batch(&stack.env.pool(), &wide, Uuid::new_v4(), 30.0)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 10);
+    stack.stop().await;
+}

@@ -16,6 +16,13 @@ pub struct ClaimedRecipient {
     pub variables: serde_json::Value,
 }
 
+/// The most rows one batch may claim: twice its declared size (rows in its range
+/// can reopen after it was packed), never more than the schema's maximum. A batch
+/// with a huge id range cannot make one sender claim a whole campaign.
+fn claim_limit(batch: &SendBatch) -> i64 {
+    batch.recipient_count.clamp(1, 50_000) * 2
+}
+
 /// Claims the batch's open rows, atomically with the campaign's status.
 ///
 /// The campaign row is locked `FOR NO KEY UPDATE`, which conflicts with the
@@ -35,7 +42,7 @@ pub async fn claim_batch(
              SELECT r.id, r.status AS prev FROM recipients r
              WHERE r.campaign_id = $1 AND r.id BETWEEN $2 AND $3 AND EXISTS (SELECT 1 FROM camp)
                AND (r.status = 'pending' OR (r.status = 'sending' AND r.lease_expires_at < now()))
-             ORDER BY r.id
+             ORDER BY r.id LIMIT $6
              FOR UPDATE OF r SKIP LOCKED
          ), upd AS (
              UPDATE recipients r SET status = 'sending', lease_token = $4,
@@ -57,6 +64,7 @@ pub async fn claim_batch(
     .bind(batch.last_recipient_id)
     .bind(lease_token)
     .bind(lease_seconds)
+    .bind(claim_limit(batch))
     .fetch_all(pool)
     .await?;
     rows.iter()
