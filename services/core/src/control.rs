@@ -104,6 +104,30 @@ async fn open_control_consumer(
         .await?)
 }
 
+/// Starts this replica's control listener if the fast path is on. `service` is
+/// `packer` or `sender` and names the durable (`ctl_<service>_<replica>`).
+pub fn spawn_control_listener<F>(
+    bus: &Bus,
+    config: &ControlConfig,
+    service: &str,
+    replica_id: &str,
+    shutdown: &CancellationToken,
+    on_signal: F,
+) -> Option<tokio::task::JoinHandle<()>>
+where
+    F: Fn(ControlSignal) + Send + Sync + 'static,
+{
+    if !config.control_fast_path {
+        return None;
+    }
+    let listener = ControlListenerConfig {
+        service: service.to_owned(),
+        replica_id: replica_id.to_owned(),
+        inactive_threshold: Duration::from_secs(config.control_inactive_seconds),
+    };
+    Some(tokio::spawn(run_control_listener(bus.clone(), listener, shutdown.clone(), on_signal)))
+}
+
 /// Runs until shutdown, calling `on_signal` for every valid control message.
 /// Invalid ones are terminated, counted and dead-lettered.
 pub async fn run_control_listener<F>(

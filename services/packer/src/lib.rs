@@ -16,9 +16,7 @@ use herald_core::CancellationToken;
 use herald_core::bus::{Bus, PACKER_DURABLE};
 use herald_core::config::CommonConfig;
 use herald_core::contracts::{ControlAction, PackRequest, SendBatch};
-use herald_core::control::{
-    ControlConfig, ControlListenerConfig, ControlSignal, run_control_listener,
-};
+use herald_core::control::{spawn_control_listener, ControlConfig, ControlSignal};
 use herald_core::lifecycle::Status;
 use herald_core::outbox::Outbox;
 use herald_core::transitions::{Lifecycle, complete_if_done};
@@ -178,21 +176,33 @@ async fn campaigns_with_expired_leases(pool: &PgPool) -> Result<Vec<(Uuid, i32)>
     .await
 }
 
-async fn expired_lease_page(
+/// Which rows a sweep re-batches.
+#[derive(Debug, Clone, Copy)]
+enum Stranded {
+    /// Claimed by a sender that stopped renewing its lease (it crashed).
+    ExpiredLeases,
+    /// Pending in a campaign that made no progress for a while.
+    Pending,
+}
+
+/// The next page of stranded rows after `after`, by id.
+async fn stranded_page(
     pool: &PgPool,
     campaign: Uuid,
+    which: Stranded,
     after: i64,
     size: i64,
 ) -> Result<Vec<i64>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT id FROM recipients WHERE campaign_id = $1 AND status = 'sending' AND lease_expires_at < now() AND id > $2
-         ORDER BY id LIMIT $3",
-    )
-    .bind(campaign)
-    .bind(after)
-    .bind(size)
-    .fetch_all(pool)
-    .await
+    let sql = match which {
+        Stranded::ExpiredLeases => {
+            "SELECT id FROM recipients WHERE campaign_id = $1 AND status = 'sending' AND lease_expires_at < now()
+               AND id > $2 ORDER BY id LIMIT $3"
+        }
+        Stranded::Pending => {
+            "SELECT id FROM recipients WHERE campaign_id = $1 AND status = 'pending' AND id > $2 ORDER BY id LIMIT $3"
+        }
+    };
+    sqlx::query_scalar(sql).bind(campaign).bind(after).bind(size).fetch_all(pool).await
 }
 
 /// Fully packed campaigns with pending rows and no ledger progress for a while.
@@ -206,22 +216,6 @@ async fn stalled_campaigns(
            AND updated_at < now() - make_interval(secs => $1)",
     )
     .bind(stall_seconds)
-    .fetch_all(pool)
-    .await
-}
-
-async fn pending_page(
-    pool: &PgPool,
-    campaign: Uuid,
-    after: i64,
-    size: i64,
-) -> Result<Vec<i64>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT id FROM recipients WHERE campaign_id = $1 AND status = 'pending' AND id > $2 ORDER BY id LIMIT $3",
-    )
-    .bind(campaign)
-    .bind(after)
-    .bind(size)
     .fetch_all(pool)
     .await
 }
@@ -411,30 +405,28 @@ impl Packer {
     /// several replicas sweep at once: the sender's claim decides.
     pub async fn sweep(&self) -> Result<usize, sqlx::Error> {
         let pool = &self.inner.pool;
-        let size = self.inner.config.batch_size.clamp(1, 100_000);
         let mut published = 0;
         for (campaign, epoch) in campaigns_with_expired_leases(pool).await? {
-            let mut after = 0;
-            loop {
-                let ids = expired_lease_page(pool, campaign, after, size).await?;
-                let Some(&last) = ids.last() else { break };
-                published += self.publish_sweep_batch(campaign, epoch, &ids).await;
-                after = last;
-            }
+            published += self.rebatch_stranded(campaign, epoch, Stranded::ExpiredLeases).await?;
         }
         let stall = self.inner.config.stall_seconds as f64;
         for (campaign, epoch) in stalled_campaigns(pool, stall).await? {
             tracing::warn!(campaign_id = %campaign, "campaign stalled with pending rows; re-batching them");
             touch_campaign(pool, campaign).await?;
-            let mut after = 0;
-            loop {
-                let ids = pending_page(pool, campaign, after, size).await?;
-                let Some(&last) = ids.last() else { break };
-                published += self.publish_sweep_batch(campaign, epoch, &ids).await;
-                after = last;
-            }
+            published += self.rebatch_stranded(campaign, epoch, Stranded::Pending).await?;
         }
         Ok(published)
+    }
+
+    async fn rebatch_stranded(&self, campaign: Uuid, epoch: i32, which: Stranded) -> Result<usize, sqlx::Error> {
+        let size = self.inner.config.batch_size.clamp(1, 100_000);
+        let (mut after, mut published) = (0, 0);
+        loop {
+            let ids = stranded_page(&self.inner.pool, campaign, which, after, size).await?;
+            let Some(&last) = ids.last() else { return Ok(published) };
+            published += self.publish_sweep_batch(campaign, epoch, &ids).await;
+            after = last;
+        }
     }
 
     async fn publish_sweep_batch(&self, campaign: Uuid, epoch: i32, ids: &[i64]) -> usize {
@@ -457,24 +449,16 @@ impl Packer {
     /// Runs the replica until shutdown: control listener, sweep and work loop.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         self.inner.bus.wait_for_streams(&shutdown).await?;
-        let control = if self.inner.config.control.control_fast_path {
+        let control = {
             let packer = self.clone();
-            let config = ControlListenerConfig {
-                service: "packer".into(),
-                replica_id: self.inner.replica_id.clone(),
-                inactive_threshold: Duration::from_secs(
-                    self.inner.config.control.control_inactive_seconds,
-                ),
-            };
-            let (bus, shutdown) = (self.inner.bus.clone(), shutdown.clone());
-            Some(tokio::spawn(async move {
-                run_control_listener(bus, config, shutdown, move |signal| {
-                    packer.apply_control(&signal)
-                })
-                .await
-            }))
-        } else {
-            None
+            spawn_control_listener(
+                &self.inner.bus,
+                &self.inner.config.control,
+                "packer",
+                &self.inner.replica_id,
+                &shutdown,
+                move |signal| packer.apply_control(&signal),
+            )
         };
         let sweeper = {
             let (packer, shutdown) = (self.clone(), shutdown.clone());

@@ -22,9 +22,7 @@ use herald_core::bus::{Bus, SENDER_DURABLE};
 use herald_core::channel::Channel;
 use herald_core::config::CommonConfig;
 use herald_core::contracts::{BatchTracked, ControlAction, SendBatch};
-use herald_core::control::{
-    ControlConfig, ControlListenerConfig, ControlSignal, run_control_listener,
-};
+use herald_core::control::{spawn_control_listener, ControlConfig, ControlSignal};
 use herald_core::outbox::Outbox;
 use herald_core::template::MessageTemplate;
 use herald_core::transitions::{Lifecycle, complete_if_done};
@@ -645,25 +643,16 @@ impl Sender {
     /// Runs the replica until shutdown: the control listener and the work loop.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         self.inner.bus.wait_for_streams(&shutdown).await?;
-        let control = if self.inner.config.control.control_fast_path {
+        let control = {
             let sender = self.clone();
-            let config = ControlListenerConfig {
-                service: "sender".into(),
-                replica_id: self.inner.replica_id.clone(),
-                inactive_threshold: Duration::from_secs(
-                    self.inner.config.control.control_inactive_seconds,
-                ),
-            };
-            let bus = self.inner.bus.clone();
-            let shutdown = shutdown.clone();
-            Some(tokio::spawn(async move {
-                run_control_listener(bus, config, shutdown, move |signal| {
-                    sender.apply_control(&signal)
-                })
-                .await
-            }))
-        } else {
-            None
+            spawn_control_listener(
+                &self.inner.bus,
+                &self.inner.config.control,
+                "sender",
+                &self.inner.replica_id,
+                &shutdown,
+                move |signal| sender.apply_control(&signal),
+            )
         };
         let pruner = {
             let sender = self.clone();
