@@ -527,3 +527,78 @@ async fn the_scheduler_starts_a_scheduled_campaign_when_its_time_comes() {
     assert_eq!(status, 409);
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn replicas_that_start_at_once_migrate_and_provision_safely() {
+    // A fresh database name, not yet created: every "replica" races to create it.
+    let mut common = herald_core::config::CommonConfig::local_defaults();
+    let tag = Uuid::new_v4().simple().to_string()[..12].to_owned();
+    common.database_url = format!("{}/herald_race_{tag}", postgres_base_url());
+    common.subject_prefix = format!("r{tag}.");
+    common.stream_prefix = format!("R{tag}");
+    let migrations = (0..4).map(|_| herald_core::db::migrate(&common));
+    for result in futures::future::join_all(migrations).await {
+        result.expect("every concurrent migrate succeeds");
+    }
+    herald_core::db::migrate(&common).await.expect("and again: idempotent");
+    let mut buses = Vec::new();
+    for _ in 0..4 {
+        buses.push(herald_core::bus::Bus::connect(&common, "race").await.unwrap());
+    }
+    let provisions = buses.iter().map(|bus| bus.provision());
+    for result in futures::future::join_all(provisions).await {
+        result.expect("every concurrent provision succeeds");
+    }
+    buses[0].provision().await.expect("and again: idempotent");
+    let bus = &buses[0];
+    for stream in [&bus.streams.events, &bus.streams.control, &bus.streams.work, &bus.streams.tracked, &bus.streams.dlq] {
+        bus.js.get_stream(stream).await.expect("stream exists");
+        let _ = bus.js.delete_stream(stream).await;
+    }
+    let admin = sqlx::PgPool::connect(&format!("{}/postgres", postgres_base_url())).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE herald_race_{tag} WITH (FORCE)")))
+        .execute(&admin)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn two_schedulers_start_a_due_campaign_exactly_once() {
+    use herald_core::outbox::Outbox;
+    use herald_core::transitions::Lifecycle;
+    let stack = Stack::start(0, 0, test_sender_config()).await;
+    let mut due = Vec::new();
+    for _ in 0..10 {
+        let id = stack.create_campaign(json!({"provider": "log"})).await;
+        let at = chrono::Utc::now() + chrono::Duration::seconds(60);
+        let (status, _) =
+            stack.call(Method::POST, &format!("/v1/campaigns/{id}/schedule"), Some(json!({"scheduled_at": at}))).await;
+        assert_eq!(status, 200);
+        due.push(id);
+    }
+    // Make them due now, and let two more schedulers race the api's own.
+    let pool = stack.env.pool();
+    sqlx::query("UPDATE campaigns SET scheduled_at = now() - interval '1 second' WHERE id = ANY($1)")
+        .bind(&due)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let lifecycle = |bus| Lifecycle::new(stack.env.pool(), Outbox::new(stack.env.pool(), bus));
+    let a = lifecycle(stack.env.bus().await);
+    let b = lifecycle(stack.env.bus().await);
+    let (ra, rb) = tokio::join!(
+        herald_api::scheduler::start_due_campaigns(&a),
+        herald_api::scheduler::start_due_campaigns(&b)
+    );
+    let started_here = ra.unwrap() + rb.unwrap();
+    for id in &due {
+        stack.wait_for_status(*id, Status::Sending, Duration::from_secs(10)).await;
+    }
+    let starts: i64 = sqlx::query_scalar("SELECT count(*) FROM campaign_events WHERE type = 'started' AND campaign_id = ANY($1)")
+        .bind(&due)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(starts, 10, "each campaign started once (this pass started {started_here} of them)");
+    stack.stop().await;
+}
