@@ -3,7 +3,7 @@
 //!
 //! Internal details (SQL errors, NATS errors) go to the log, never to the client.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use herald_core::lifecycle::InvalidTransition;
@@ -173,6 +173,20 @@ impl From<JsonRejection> for ApiError {
                 )
             }
             _ => ApiError::bad_request(rejection.body_text()),
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "request body is too large",
+            )
+        } else {
+            ApiError::bad_request(rejection.body_text())
         }
     }
 }

@@ -91,6 +91,7 @@ pub struct CampaignPage {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     pub status: Option<Status>,
@@ -148,6 +149,19 @@ pub struct EventList {
     pub items: Vec<EventView>,
 }
 
+/// Whether any string or key in `value` holds U+0000, which Postgres `text` and
+/// `jsonb` cannot store (the insert would fail with a server error).
+pub fn contains_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(text) => text.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(contains_nul),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .any(|(key, item)| key.contains('\0') || contains_nul(item)),
+        _ => false,
+    }
+}
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecipientInput {
@@ -199,6 +213,7 @@ pub struct RecipientPage {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RecipientQuery {
     /// pending, sending, sent, failed or skipped.

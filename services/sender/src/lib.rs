@@ -492,7 +492,8 @@ impl Sender {
                 };
             }
         };
-        let released = self.release(campaign, lease_token, &unsent).await;
+        let request_id = delivery.as_ref().and_then(|d| d.request_correlation_id());
+        let released = self.release(&batch, lease_token, &unsent, request_id.as_deref()).await;
         heartbeat.abort();
         if let Err(error) = released {
             tracing::error!(campaign_id = %campaign, %error, "could not release unsent recipients");
@@ -574,10 +575,12 @@ impl Sender {
     /// Puts claimed but unsent rows back to pending (one statement).
     async fn release(
         &self,
-        campaign: Uuid,
+        batch: &SendBatch,
         lease_token: Uuid,
         unsent: &[i64],
+        request_id: Option<&str>,
     ) -> Result<(), sqlx::Error> {
+        let campaign = batch.campaign_id;
         if unsent.is_empty() {
             return Ok(());
         }
@@ -587,12 +590,15 @@ impl Sender {
         if released.campaign_sending && released.released > 0 {
             // Resumed before the release landed: the new epoch's packer may have
             // passed these rows already, so batch them again.
-            self.rebatch(campaign, released.run_epoch, unsent).await;
+            self.rebatch(batch, released.run_epoch, lease_token, unsent, request_id).await;
         }
         Ok(())
     }
 
-    async fn rebatch(&self, campaign: Uuid, run_epoch: i32, ids: &[i64]) {
+    /// Publishes released rows as a new batch of the current epoch, keeping the
+    /// original batch's correlation ids so the trace continues.
+    async fn rebatch(&self, origin: &SendBatch, run_epoch: i32, lease_token: Uuid, ids: &[i64], request_id: Option<&str>) {
+        let campaign = origin.campaign_id;
         let (Some(first), Some(last)) = (ids.iter().min(), ids.iter().max()) else {
             return;
         };
@@ -602,13 +608,14 @@ impl Sender {
             first_recipient_id: *first,
             last_recipient_id: *last,
             recipient_count: ids.len() as i64,
-            correlation_id: Uuid::new_v4(),
+            correlation_id: origin.correlation_id,
         };
-        let id = format!("rebatch-{}", batch.correlation_id);
+        // One claim is released once, so its lease token makes a stable message id.
+        let id = format!("rebatch-{lease_token}");
         if let Err(error) = self
             .inner
             .bus
-            .publish_contract(self.inner.bus.subjects.send(), &batch, &id, None)
+            .publish_contract(self.inner.bus.subjects.send(), &batch, &id, request_id)
             .await
         {
             tracing::warn!(campaign_id = %campaign, error = %format!("{error:#}"), "re-batch failed; the sweep will pick the rows up");

@@ -430,6 +430,70 @@ impl Drop for HeraldProcess {
     }
 }
 
+/// One field of `/proc/<pid>/status` that is a size in KiB (`VmHWM`, `VmRSS`).
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let value = line.strip_prefix(field)?.strip_prefix(':')?;
+        value.trim().strip_suffix("kB")?.trim().parse().ok()
+    })
+}
+
+/// The peak resident set size of a live process (`VmHWM`), in KiB. Linux only.
+pub fn peak_rss_kib(pid: u32) -> Option<u64> {
+    proc_status_kib(pid, "VmHWM")
+}
+
+/// The current resident set size of a live process (`VmRSS`), in KiB. Linux only.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    proc_status_kib(pid, "VmRSS")
+}
+
+impl HeraldProcess {
+    /// This process's peak resident set size so far ([`peak_rss_kib`]), in KiB.
+    pub fn peak_rss_kib(&self) -> Option<u64> {
+        peak_rss_kib(self.pid()?)
+    }
+
+    /// This process's current resident set size ([`rss_kib`]), in KiB.
+    pub fn rss_kib(&self) -> Option<u64> {
+        rss_kib(self.pid()?)
+    }
+}
+
+impl HeraldEnv {
+    /// Runs a one-shot `binary args...` (e.g. `herald tokens create`) with exactly
+    /// this environment for Herald's settings, as [`HeraldProcess`] does, and
+    /// returns its output. Panics if it cannot start or exits unsuccessfully.
+    pub fn run_to_completion(&self, binary: &Path, args: &[&str]) -> std::process::Output {
+        let mut command = std::process::Command::new(binary);
+        command.args(args);
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("HERALD_")
+                || key.starts_with("NATS_")
+                || key == "DATABASE_URL"
+                || key == "RUST_LOG"
+            {
+                command.env_remove(key.as_ref());
+            }
+        }
+        let output = command
+            .envs(&self.vars)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("could not run {} {args:?}: {e}", binary.display()));
+        assert!(
+            output.status.success(),
+            "{} {args:?} failed ({}): {}",
+            binary.display(),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        output
+    }
+}
+
 /// A private nats-server running the repository's `nats/nats-server.conf` (one
 /// user per service, allow-list permissions), on free ports, with its own store.
 #[derive(Debug)]

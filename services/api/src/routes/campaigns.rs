@@ -6,7 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use base64::Engine;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use herald_core::campaigns::{CAMPAIGN_COLUMNS, Campaign, fetch_campaign};
 use herald_core::channel::Channel;
 use herald_core::lifecycle::{Action, Status};
@@ -24,6 +24,9 @@ fn validate_name(name: &str) -> ApiResult<()> {
     if name.trim().is_empty() || name.chars().count() > 200 {
         return Err(ApiError::validation("name must be 1 to 200 characters"));
     }
+    if name.contains('\0') {
+        return Err(ApiError::validation("name must not contain NUL characters"));
+    }
     Ok(())
 }
 
@@ -33,12 +36,33 @@ fn validate_template(template: &TemplateSpec) -> ApiResult<()> {
             "template.body must be 1 to 10000 bytes",
         ));
     }
+    if template.body.contains('\0') {
+        return Err(ApiError::validation(
+            "template.body must not contain NUL characters",
+        ));
+    }
     MessageTemplate::compile(&template.body).map_err(|e| ApiError::validation(e.to_string()))?;
     Ok(())
 }
 
 fn validate_channel(channel: &Channel) -> ApiResult<()> {
-    channel.validate().map_err(ApiError::validation)
+    channel.validate().map_err(ApiError::validation)?;
+    if contains_nul(&serde_json::to_value(channel).unwrap_or_default()) {
+        return Err(ApiError::validation(
+            "channel must not contain NUL characters",
+        ));
+    }
+    Ok(())
+}
+
+/// chrono reads years Postgres cannot store (before 4713 BC): keep to 4-digit years.
+fn validate_scheduled_at(at: Option<DateTime<Utc>>) -> ApiResult<()> {
+    if at.is_some_and(|at| !(1..=9999).contains(&at.year())) {
+        return Err(ApiError::validation(
+            "scheduled_at must be a time between the years 1 and 9999",
+        ));
+    }
+    Ok(())
 }
 
 fn validate_rate(rate: Option<i32>) -> ApiResult<()> {
@@ -90,6 +114,7 @@ pub async fn create_campaign(
     validate_channel(&body.channel)?;
     validate_template(&body.template)?;
     validate_rate(body.rate_limit_per_second)?;
+    validate_scheduled_at(body.scheduled_at)?;
     let mut tx = state.pool.begin().await?;
     let id = insert_campaign(&mut tx, auth.0.id, &body).await?;
     append_event(
@@ -295,6 +320,7 @@ pub async fn update_campaign(
         validate_template(template)?;
     }
     validate_rate(body.rate_limit_per_second)?;
+    validate_scheduled_at(body.scheduled_at)?;
     let mut tx = state.pool.begin().await?;
     let current = lock_tenant_campaign(&mut tx, id, auth.0.id)
         .await?
@@ -431,10 +457,12 @@ pub async fn transition_campaign(
     correlation: RequestCorrelation,
     path: Result<Path<(Uuid, String)>, axum::extract::rejection::PathRejection>,
     if_match: Option<IfMatch>,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult<impl IntoResponse> {
     let Path((id, action)) = path?;
     let action = parse_action(&action)?;
+    // Over the body limit: 413 in the JSON error shape, not axum's plain text.
+    let body = body?;
     let schedule: ScheduleBody = if body.iter().all(u8::is_ascii_whitespace) {
         ScheduleBody::default()
     } else {
@@ -446,6 +474,8 @@ pub async fn transition_campaign(
             }
         })?
     };
+    // Bound into the transition's UPDATE whatever the action.
+    validate_scheduled_at(schedule.scheduled_at)?;
     let done = state
         .lifecycle
         .apply(TransitionRequest {

@@ -70,6 +70,9 @@ impl ImportBatch {
         if !variables.is_object() {
             return self.reject(row, "variables must be a JSON object");
         }
+        if contains_nul(&variables) {
+            return self.reject(row, "variables must not contain NUL characters");
+        }
         self.addresses.push(address.to_owned());
         self.variables.push(variables);
     }
@@ -188,6 +191,29 @@ fn is_body_too_large(error: &csv_async::Error) -> bool {
     }
 }
 
+/// True if a CSV header line was written in UTF-16: it starts with a UTF-16 byte
+/// order mark, or has NUL bytes (every ASCII character of UTF-16 has one).
+fn looks_like_utf16(headers: &csv_async::ByteRecord) -> bool {
+    let first = headers.get(0).unwrap_or_default();
+    first.starts_with(&[0xFF, 0xFE])
+        || first.starts_with(&[0xFE, 0xFF])
+        || headers.iter().any(|field| field.contains(&0))
+}
+
+/// The 413 of a streamed import. A body without Content-Length is found too large
+/// only while it is imported, after earlier chunks were stored: say how many.
+fn import_too_large(limit: usize, batch: &ImportBatch) -> ApiError {
+    let mut error = ApiError::payload_too_large(limit);
+    if batch.result.accepted > 0 {
+        error.detail.message = format!(
+            "{}; the first {} rows were imported before the limit was reached \
+             (importing the file again skips them as duplicates)",
+            error.detail.message, batch.result.accepted
+        );
+    }
+    error
+}
+
 async fn import_csv(state: &AppState, batch: &mut ImportBatch, body: Body) -> ApiResult<()> {
     let limit = state.limits.import_body_bytes;
     let seen = Arc::new(AtomicUsize::new(0));
@@ -207,6 +233,12 @@ async fn import_csv(state: &AppState, batch: &mut ImportBatch, body: Body) -> Ap
         Err(e) if is_body_too_large(&e) => return Err(ApiError::payload_too_large(limit)),
         Err(_) => return Err(ApiError::validation("could not read the CSV header line")),
     };
+    if looks_like_utf16(&headers) {
+        return Err(ApiError::validation(
+            "the CSV is not UTF-8: it looks like UTF-16 (a byte order mark or NUL bytes in \
+             the header line); save it as UTF-8 (\"CSV UTF-8\" in Excel) and import it again",
+        ));
+    }
     let headers: Vec<String> = headers
         .iter()
         .map(|h| {
@@ -227,7 +259,7 @@ async fn import_csv(state: &AppState, batch: &mut ImportBatch, body: Body) -> Ap
         row += 1;
         let record = match record {
             Ok(r) => r,
-            Err(e) if is_body_too_large(&e) => return Err(ApiError::payload_too_large(limit)),
+            Err(e) if is_body_too_large(&e) => return Err(import_too_large(limit, batch)),
             Err(e) => {
                 if matches!(e.kind(), csv_async::ErrorKind::Io(_)) {
                     return Err(ApiError::bad_request("the upload was interrupted"));
