@@ -12,7 +12,11 @@ use uuid::Uuid;
 
 /// The campaign id in `/v1/campaigns/{id}/...`, if any.
 fn campaign_in_path(path: &str) -> Option<Uuid> {
-    path.strip_prefix("/v1/campaigns/")?.split('/').next()?.parse().ok()
+    path.strip_prefix("/v1/campaigns/")?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
 }
 
 pub fn request_span(request: &axum::http::Request<Body>) -> tracing::Span {
@@ -22,7 +26,9 @@ pub fn request_span(request: &axum::http::Request<Body>) -> tracing::Span {
         .and_then(|v| v.to_str().ok())
         .filter(|v| v.len() <= 128)
         .unwrap_or("");
-    let campaign = campaign_in_path(request.uri().path()).map(|id| id.to_string()).unwrap_or_default();
+    let campaign = campaign_in_path(request.uri().path())
+        .map(|id| id.to_string())
+        .unwrap_or_default();
     tracing::info_span!(
         "request",
         method = %request.method(),
@@ -57,7 +63,10 @@ mod tests {
     #[test]
     fn campaign_ids_are_read_from_campaign_paths_only() {
         let id = Uuid::new_v4();
-        assert_eq!(campaign_in_path(&format!("/v1/campaigns/{id}/pause")), Some(id));
+        assert_eq!(
+            campaign_in_path(&format!("/v1/campaigns/{id}/pause")),
+            Some(id)
+        );
         assert_eq!(campaign_in_path("/v1/campaigns/bulk/pause"), None);
         assert_eq!(campaign_in_path("/healthz"), None);
     }

@@ -11,18 +11,21 @@ use uuid::Uuid;
 #[serde(deny_unknown_fields)]
 pub struct TemplateSpec {
     /// Message body; minijinja syntax, e.g. `Hi {{ name }}`.
+    #[schema(min_length = 1)]
     pub body: String,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCampaign {
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
     pub channel: Channel,
     pub template: TemplateSpec,
     #[serde(default)]
     pub scheduled_at: Option<DateTime<Utc>>,
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 100000)]
     pub rate_limit_per_second: Option<i32>,
 }
 
@@ -30,10 +33,12 @@ pub struct CreateCampaign {
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateCampaign {
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: Option<String>,
     pub channel: Option<Channel>,
     pub template: Option<TemplateSpec>,
     pub scheduled_at: Option<DateTime<Utc>>,
+    #[schema(minimum = 1, maximum = 100000)]
     pub rate_limit_per_second: Option<i32>,
 }
 
@@ -97,6 +102,7 @@ pub struct ListQuery {
     pub status: Option<Status>,
     pub cursor: Option<String>,
     /// 1 to 500, default 50.
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 
@@ -110,6 +116,7 @@ pub struct ScheduleBody {
 #[serde(deny_unknown_fields)]
 pub struct BulkRequest {
     /// Up to 1,000 campaign ids.
+    #[schema(min_items = 1, max_items = 1000)]
     pub ids: Vec<Uuid>,
 }
 
@@ -217,7 +224,10 @@ pub struct RecipientPage {
 #[serde(deny_unknown_fields)]
 pub struct RecipientQuery {
     /// pending, sending, sent, failed or skipped.
+    #[param(pattern = "^(pending|sending|sent|failed|skipped)$")]
     pub status: Option<String>,
     pub cursor: Option<String>,
+    /// 1 to 1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }

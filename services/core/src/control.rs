@@ -125,7 +125,12 @@ where
         replica_id: replica_id.to_owned(),
         inactive_threshold: Duration::from_secs(config.control_inactive_seconds),
     };
-    Some(tokio::spawn(run_control_listener(bus.clone(), listener, shutdown.clone(), on_signal)))
+    Some(tokio::spawn(run_control_listener(
+        bus.clone(),
+        listener,
+        shutdown.clone(),
+        on_signal,
+    )))
 }
 
 /// Runs until shutdown, calling `on_signal` for every valid control message.

@@ -42,9 +42,11 @@ pub fn install() -> Option<&'static PrometheusHandle> {
     let upkeep = handle.clone();
     std::thread::Builder::new()
         .name("metrics-upkeep".into())
-        .spawn(move || loop {
-            std::thread::sleep(Duration::from_secs(5));
-            upkeep.run_upkeep();
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_secs(5));
+                upkeep.run_upkeep();
+            }
         })
         .ok()?;
     Some(handle)
@@ -70,10 +72,15 @@ pub fn metrics_router<S: Clone + Send + Sync + 'static>() -> axum::Router<S> {
 
 /// Serves `/metrics` (and `/healthz`) on its own address: for worker processes,
 /// which have no HTTP server otherwise.
-pub async fn serve_metrics(addr: SocketAddr, shutdown: crate::CancellationToken) -> anyhow::Result<()> {
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    shutdown: crate::CancellationToken,
+) -> anyhow::Result<()> {
     let app = metrics_router::<()>().route("/healthz", axum::routing::get(|| async { "ok" }));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "metrics listening");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
     Ok(())
 }

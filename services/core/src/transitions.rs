@@ -173,14 +173,25 @@ pub async fn commit_transition(
     if request.action == Action::Schedule {
         match request.scheduled_at.or(current.scheduled_at) {
             Some(at) if at > Utc::now() => {}
-            Some(_) => return Err(TransitionError::Precondition("scheduled_at must be in the future".into())),
-            None => return Err(TransitionError::Precondition("schedule needs a scheduled_at time".into())),
+            Some(_) => {
+                return Err(TransitionError::Precondition(
+                    "scheduled_at must be in the future".into(),
+                ));
+            }
+            None => {
+                return Err(TransitionError::Precondition(
+                    "schedule needs a scheduled_at time".into(),
+                ));
+            }
         }
     }
     if request.action == Action::Complete
-        && (current.packed_epoch < current.run_epoch || has_open_recipients(&mut tx, current.id).await?)
+        && (current.packed_epoch < current.run_epoch
+            || has_open_recipients(&mut tx, current.id).await?)
     {
-        return Err(TransitionError::Precondition("recipients are still open".into()));
+        return Err(TransitionError::Precondition(
+            "recipients are still open".into(),
+        ));
     }
     let scheduled_at = request.scheduled_at.or(current.scheduled_at);
     let campaign = update_projection(&mut tx, current.id, to, request.action, scheduled_at).await?;

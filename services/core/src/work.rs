@@ -13,8 +13,8 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{self, AckKind};
 use futures::{FutureExt, StreamExt};
-use tracing::Instrument;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::CancellationToken;
 use crate::bus::{Bus, REQUEST_CORRELATION_HEADER};
@@ -123,8 +123,12 @@ pub async fn dead_letter(
     bus.dead_letter(letter).await;
 }
 
-async fn handle_one<T, F, Fut>(bus: Bus, identity: WorkerIdentity, message: jetstream::Message, step: F)
-where
+async fn handle_one<T, F, Fut>(
+    bus: Bus,
+    identity: WorkerIdentity,
+    message: jetstream::Message,
+    step: F,
+) where
     T: Contract,
     F: Fn(T, Delivery) -> Fut,
     Fut: Future<Output = StepOutcome>,
@@ -138,20 +142,32 @@ where
         correlation_id = tracing::field::Empty,
     );
     let outcome = match contracts::decode::<T>(&message.payload) {
-        Err(error) => StepOutcome::DeadLetter { reason: error.to_string() },
+        Err(error) => StepOutcome::DeadLetter {
+            reason: error.to_string(),
+        },
         Ok(payload) => {
-            let delivery = Delivery { message: Arc::new(message.clone()) };
+            let delivery = Delivery {
+                message: Arc::new(message.clone()),
+            };
             if let Some(campaign) = payload.campaign() {
                 span.record("campaign_id", tracing::field::display(campaign));
             }
             // The caller's own id when it sent one, else the producer's.
             match delivery.request_correlation_id() {
                 Some(id) => span.record("correlation_id", tracing::field::display(id)),
-                None => span.record("correlation_id", tracing::field::display(payload.correlation().unwrap_or_default())),
+                None => span.record(
+                    "correlation_id",
+                    tracing::field::display(payload.correlation().unwrap_or_default()),
+                ),
             };
-            match AssertUnwindSafe(step(payload, delivery).instrument(span.clone())).catch_unwind().await {
+            match AssertUnwindSafe(step(payload, delivery).instrument(span.clone()))
+                .catch_unwind()
+                .await
+            {
                 Ok(outcome) => outcome,
-                Err(_) => StepOutcome::DeadLetter { reason: "handler panicked".into() },
+                Err(_) => StepOutcome::DeadLetter {
+                    reason: "handler panicked".into(),
+                },
             }
         }
     };
@@ -162,16 +178,21 @@ where
     };
     metrics::counter!("herald_messages_handled_total", "consumer" => identity.consumer.clone(), "outcome" => label)
         .increment(1);
-    settle(&bus, &identity, &message, outcome).instrument(span).await;
+    settle(&bus, &identity, &message, outcome)
+        .instrument(span)
+        .await;
 }
 
 /// Publishes a consumer's pending, ack-pending and redelivered counts as gauges.
 pub async fn sample_consumer(consumer: &mut PullConsumer, name: &str) {
     if let Ok(info) = consumer.info().await {
         let name = name.to_owned();
-        metrics::gauge!("herald_consumer_pending", "consumer" => name.clone()).set(info.num_pending as f64);
-        metrics::gauge!("herald_consumer_ack_pending", "consumer" => name.clone()).set(info.num_ack_pending as f64);
-        metrics::gauge!("herald_consumer_redelivered", "consumer" => name).set(info.num_redelivered as f64);
+        metrics::gauge!("herald_consumer_pending", "consumer" => name.clone())
+            .set(info.num_pending as f64);
+        metrics::gauge!("herald_consumer_ack_pending", "consumer" => name.clone())
+            .set(info.num_ack_pending as f64);
+        metrics::gauge!("herald_consumer_redelivered", "consumer" => name)
+            .set(info.num_redelivered as f64);
     }
 }
 

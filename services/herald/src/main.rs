@@ -101,7 +101,8 @@ enum TokenCommand {
 
 fn init_logging(format: &str, default_level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter =
+        EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -178,7 +179,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Services log at info; the operator CLI keeps stderr for its own messages.
     let default_level = match cli.command {
-        Command::Campaign(_) | Command::Events(_) | Command::Dlq(_) | Command::Tokens { .. } => "warn",
+        Command::Campaign(_) | Command::Events(_) | Command::Dlq(_) | Command::Tokens { .. } => {
+            "warn"
+        }
         _ => "info",
     };
     init_logging(&cli.log_format, default_level);

@@ -344,8 +344,15 @@ async fn only_drafts_can_be_edited_or_deleted() {
     let fetched = stack.campaign(draft).await;
     assert_eq!(fetched["name"], "renamed");
     assert_eq!(fetched["version"], 2);
-    let (_, events) = stack.call(Method::GET, &format!("/v1/campaigns/{draft}/events"), None).await;
-    let types: Vec<&str> = events["items"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap()).collect();
+    let (_, events) = stack
+        .call(Method::GET, &format!("/v1/campaigns/{draft}/events"), None)
+        .await;
+    let types: Vec<&str> = events["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
     assert_eq!(types, ["created", "updated"], "every version has its event");
 
     // A stale If-Match is refused; a current one passes.

@@ -528,9 +528,10 @@ async fn a_batch_claims_at_most_twice_its_declared_size_whatever_its_id_range() 
         recipient_count: 5,
         correlation_id: Uuid::new_v4(),
     };
-    let claimed = herald_sender::ledger::claim_batch(&stack.env.pool(), &wide, Uuid::new_v4(), 30.0)
-        .await
-        .unwrap();
+    let claimed =
+        herald_sender::ledger::claim_batch(&stack.env.pool(), &wide, Uuid::new_v4(), 30.0)
+            .await
+            .unwrap();
     assert_eq!(claimed.len(), 10);
     stack.stop().await;
 }

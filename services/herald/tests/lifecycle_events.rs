@@ -540,10 +540,16 @@ async fn replicas_that_start_at_once_migrate_and_provision_safely() {
     for result in futures::future::join_all(migrations).await {
         result.expect("every concurrent migrate succeeds");
     }
-    herald_core::db::migrate(&common).await.expect("and again: idempotent");
+    herald_core::db::migrate(&common)
+        .await
+        .expect("and again: idempotent");
     let mut buses = Vec::new();
     for _ in 0..4 {
-        buses.push(herald_core::bus::Bus::connect(&common, "race").await.unwrap());
+        buses.push(
+            herald_core::bus::Bus::connect(&common, "race")
+                .await
+                .unwrap(),
+        );
     }
     let provisions = buses.iter().map(|bus| bus.provision());
     for result in futures::future::join_all(provisions).await {
@@ -551,15 +557,25 @@ async fn replicas_that_start_at_once_migrate_and_provision_safely() {
     }
     buses[0].provision().await.expect("and again: idempotent");
     let bus = &buses[0];
-    for stream in [&bus.streams.events, &bus.streams.control, &bus.streams.work, &bus.streams.tracked, &bus.streams.dlq] {
+    for stream in [
+        &bus.streams.events,
+        &bus.streams.control,
+        &bus.streams.work,
+        &bus.streams.tracked,
+        &bus.streams.dlq,
+    ] {
         bus.js.get_stream(stream).await.expect("stream exists");
         let _ = bus.js.delete_stream(stream).await;
     }
-    let admin = sqlx::PgPool::connect(&format!("{}/postgres", postgres_base_url())).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE herald_race_{tag} WITH (FORCE)")))
-        .execute(&admin)
+    let admin = sqlx::PgPool::connect(&format!("{}/postgres", postgres_base_url()))
         .await
         .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE herald_race_{tag} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -571,18 +587,25 @@ async fn two_schedulers_start_a_due_campaign_exactly_once() {
     for _ in 0..10 {
         let id = stack.create_campaign(json!({"provider": "log"})).await;
         let at = chrono::Utc::now() + chrono::Duration::seconds(60);
-        let (status, _) =
-            stack.call(Method::POST, &format!("/v1/campaigns/{id}/schedule"), Some(json!({"scheduled_at": at}))).await;
+        let (status, _) = stack
+            .call(
+                Method::POST,
+                &format!("/v1/campaigns/{id}/schedule"),
+                Some(json!({"scheduled_at": at})),
+            )
+            .await;
         assert_eq!(status, 200);
         due.push(id);
     }
     // Make them due now, and let two more schedulers race the api's own.
     let pool = stack.env.pool();
-    sqlx::query("UPDATE campaigns SET scheduled_at = now() - interval '1 second' WHERE id = ANY($1)")
-        .bind(&due)
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE campaigns SET scheduled_at = now() - interval '1 second' WHERE id = ANY($1)",
+    )
+    .bind(&due)
+    .execute(&pool)
+    .await
+    .unwrap();
     let lifecycle = |bus| Lifecycle::new(stack.env.pool(), Outbox::new(stack.env.pool(), bus));
     let a = lifecycle(stack.env.bus().await);
     let b = lifecycle(stack.env.bus().await);
@@ -592,13 +615,20 @@ async fn two_schedulers_start_a_due_campaign_exactly_once() {
     );
     let started_here = ra.unwrap() + rb.unwrap();
     for id in &due {
-        stack.wait_for_status(*id, Status::Sending, Duration::from_secs(10)).await;
+        stack
+            .wait_for_status(*id, Status::Sending, Duration::from_secs(10))
+            .await;
     }
-    let starts: i64 = sqlx::query_scalar("SELECT count(*) FROM campaign_events WHERE type = 'started' AND campaign_id = ANY($1)")
-        .bind(&due)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(starts, 10, "each campaign started once (this pass started {started_here} of them)");
+    let starts: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM campaign_events WHERE type = 'started' AND campaign_id = ANY($1)",
+    )
+    .bind(&due)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        starts, 10,
+        "each campaign started once (this pass started {started_here} of them)"
+    );
     stack.stop().await;
 }

@@ -16,7 +16,7 @@ use herald_core::CancellationToken;
 use herald_core::bus::{Bus, PACKER_DURABLE};
 use herald_core::config::CommonConfig;
 use herald_core::contracts::{ControlAction, PackRequest, SendBatch};
-use herald_core::control::{spawn_control_listener, ControlConfig, ControlSignal};
+use herald_core::control::{ControlConfig, ControlSignal, spawn_control_listener};
 use herald_core::lifecycle::Status;
 use herald_core::outbox::Outbox;
 use herald_core::transitions::{Lifecycle, complete_if_done};
@@ -202,7 +202,12 @@ async fn stranded_page(
             "SELECT id FROM recipients WHERE campaign_id = $1 AND status = 'pending' AND id > $2 ORDER BY id LIMIT $3"
         }
     };
-    sqlx::query_scalar(sql).bind(campaign).bind(after).bind(size).fetch_all(pool).await
+    sqlx::query_scalar(sql)
+        .bind(campaign)
+        .bind(after)
+        .bind(size)
+        .fetch_all(pool)
+        .await
 }
 
 /// Fully packed campaigns with pending rows and no ledger progress for a while.
@@ -407,23 +412,34 @@ impl Packer {
         let pool = &self.inner.pool;
         let mut published = 0;
         for (campaign, epoch) in campaigns_with_expired_leases(pool).await? {
-            published += self.rebatch_stranded(campaign, epoch, Stranded::ExpiredLeases).await?;
+            published += self
+                .rebatch_stranded(campaign, epoch, Stranded::ExpiredLeases)
+                .await?;
         }
         let stall = self.inner.config.stall_seconds as f64;
         for (campaign, epoch) in stalled_campaigns(pool, stall).await? {
             tracing::warn!(campaign_id = %campaign, "campaign stalled with pending rows; re-batching them");
             touch_campaign(pool, campaign).await?;
-            published += self.rebatch_stranded(campaign, epoch, Stranded::Pending).await?;
+            published += self
+                .rebatch_stranded(campaign, epoch, Stranded::Pending)
+                .await?;
         }
         Ok(published)
     }
 
-    async fn rebatch_stranded(&self, campaign: Uuid, epoch: i32, which: Stranded) -> Result<usize, sqlx::Error> {
+    async fn rebatch_stranded(
+        &self,
+        campaign: Uuid,
+        epoch: i32,
+        which: Stranded,
+    ) -> Result<usize, sqlx::Error> {
         let size = self.inner.config.batch_size.clamp(1, 100_000);
         let (mut after, mut published) = (0, 0);
         loop {
             let ids = stranded_page(&self.inner.pool, campaign, which, after, size).await?;
-            let Some(&last) = ids.last() else { return Ok(published) };
+            let Some(&last) = ids.last() else {
+                return Ok(published);
+            };
             published += self.publish_sweep_batch(campaign, epoch, &ids).await;
             after = last;
         }

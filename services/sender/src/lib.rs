@@ -22,7 +22,7 @@ use herald_core::bus::{Bus, SENDER_DURABLE};
 use herald_core::channel::Channel;
 use herald_core::config::CommonConfig;
 use herald_core::contracts::{BatchTracked, ControlAction, SendBatch};
-use herald_core::control::{spawn_control_listener, ControlConfig, ControlSignal};
+use herald_core::control::{ControlConfig, ControlSignal, spawn_control_listener};
 use herald_core::outbox::Outbox;
 use herald_core::template::MessageTemplate;
 use herald_core::transitions::{Lifecycle, complete_if_done};
@@ -493,7 +493,9 @@ impl Sender {
             }
         };
         let request_id = delivery.as_ref().and_then(|d| d.request_correlation_id());
-        let released = self.release(&batch, lease_token, &unsent, request_id.as_deref()).await;
+        let released = self
+            .release(&batch, lease_token, &unsent, request_id.as_deref())
+            .await;
         heartbeat.abort();
         if let Err(error) = released {
             tracing::error!(campaign_id = %campaign, %error, "could not release unsent recipients");
@@ -590,14 +592,22 @@ impl Sender {
         if released.campaign_sending && released.released > 0 {
             // Resumed before the release landed: the new epoch's packer may have
             // passed these rows already, so batch them again.
-            self.rebatch(batch, released.run_epoch, lease_token, unsent, request_id).await;
+            self.rebatch(batch, released.run_epoch, lease_token, unsent, request_id)
+                .await;
         }
         Ok(())
     }
 
     /// Publishes released rows as a new batch of the current epoch, keeping the
     /// original batch's correlation ids so the trace continues.
-    async fn rebatch(&self, origin: &SendBatch, run_epoch: i32, lease_token: Uuid, ids: &[i64], request_id: Option<&str>) {
+    async fn rebatch(
+        &self,
+        origin: &SendBatch,
+        run_epoch: i32,
+        lease_token: Uuid,
+        ids: &[i64],
+        request_id: Option<&str>,
+    ) {
         let campaign = origin.campaign_id;
         let (Some(first), Some(last)) = (ids.iter().min(), ids.iter().max()) else {
             return;

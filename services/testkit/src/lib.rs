@@ -153,7 +153,11 @@ fn nats_server_binary() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
             let fallback = PathBuf::from("/usr/sbin/nats-server");
-            if fallback.exists() { fallback } else { PathBuf::from("nats-server") }
+            if fallback.exists() {
+                fallback
+            } else {
+                PathBuf::from("nats-server")
+            }
         })
 }
 

@@ -102,7 +102,8 @@ fn created_payload() -> serde_json::Value {
 
 #[utoipa::path(post, path = "/v1/campaigns", request_body = CreateCampaign,
     responses((status = 201, body = CampaignView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
+              (status = 503, body = ErrorBody)),
     security(("bearer" = [])), tag = "campaigns")]
 pub async fn create_campaign(
     State(state): State<AppState>,
@@ -297,9 +298,12 @@ async fn apply_update(
     .await
 }
 
-#[utoipa::path(patch, path = "/v1/campaigns/{id}", params(("id" = Uuid, Path)), request_body = UpdateCampaign,
-    responses((status = 200, body = CampaignView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-              (status = 412, body = ErrorBody), (status = 422, body = ErrorBody)),
+#[utoipa::path(patch, path = "/v1/campaigns/{id}",
+    params(("id" = Uuid, Path), ("If-Match" = Option<i64>, Header, nullable = false, description = "expected campaign version")),
+    request_body = UpdateCampaign,
+    responses((status = 200, body = CampaignView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])), tag = "campaigns")]
 pub async fn update_campaign(
     State(state): State<AppState>,
@@ -335,8 +339,10 @@ pub async fn update_campaign(
     Ok(axum::Json(updated.into()))
 }
 
-#[utoipa::path(delete, path = "/v1/campaigns/{id}", params(("id" = Uuid, Path)),
-    responses((status = 204), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+#[utoipa::path(delete, path = "/v1/campaigns/{id}",
+    params(("id" = Uuid, Path), ("If-Match" = Option<i64>, Header, nullable = false, description = "expected campaign version")),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody)),
     security(("bearer" = [])), tag = "campaigns")]
 pub async fn delete_campaign(
     State(state): State<AppState>,
@@ -396,7 +402,8 @@ async fn copy_campaign(
 }
 
 #[utoipa::path(post, path = "/v1/campaigns/{id}/duplicate", params(("id" = Uuid, Path)),
-    responses((status = 201, body = CampaignView), (status = 404, body = ErrorBody)),
+    responses((status = 201, body = CampaignView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody)),
     security(("bearer" = [])), tag = "campaigns")]
 pub async fn duplicate_campaign(
     State(state): State<AppState>,
@@ -446,10 +453,11 @@ fn parse_action(action: &str) -> ApiResult<Action> {
 
 #[utoipa::path(post, path = "/v1/campaigns/{id}/{action}",
     params(("id" = Uuid, Path), ("action" = String, Path, description = "schedule, unschedule, start, pause, resume or stop"),
-           ("If-Match" = Option<i64>, Header, description = "expected campaign version")),
+           ("If-Match" = Option<i64>, Header, nullable = false, description = "expected campaign version")),
     request_body(content = Option<ScheduleBody>, description = "only for schedule"),
-    responses((status = 200, body = CampaignView), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-              (status = 412, body = ErrorBody), (status = 503, body = ErrorBody)),
+    responses((status = 200, body = CampaignView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])), tag = "lifecycle")]
 pub async fn transition_campaign(
     State(state): State<AppState>,
@@ -498,7 +506,9 @@ pub async fn transition_campaign(
 #[utoipa::path(post, path = "/v1/campaigns/bulk/{action}",
     params(("action" = String, Path, description = "pause, resume or stop")),
     request_body = BulkRequest,
-    responses((status = 200, body = BulkResponse), (status = 422, body = ErrorBody)),
+    responses((status = 200, body = BulkResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+              (status = 422, body = ErrorBody)),
     security(("bearer" = [])), tag = "lifecycle")]
 pub async fn bulk_transition(
     State(state): State<AppState>,
@@ -588,7 +598,7 @@ async fn list_events(state: &AppState, campaign: Uuid) -> Result<Vec<EventView>,
 }
 
 #[utoipa::path(get, path = "/v1/campaigns/{id}/events", params(("id" = Uuid, Path)),
-    responses((status = 200, body = EventList), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = EventList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = [])), tag = "campaigns")]
 pub async fn campaign_events(
     State(state): State<AppState>,

@@ -318,8 +318,9 @@ async fn import_csv(state: &AppState, batch: &mut ImportBatch, body: Body) -> Ap
 #[utoipa::path(post, path = "/v1/campaigns/{id}/recipients", params(("id" = Uuid, Path)),
     request_body(content = RecipientImport, description = "JSON, or text/csv with an `address` column; other columns become variables",
                  content_type = "application/json"),
-    responses((status = 200, body = ImportResult), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
-              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)),
+    responses((status = 200, body = ImportResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])), tag = "recipients")]
 pub async fn import_recipients(
     State(state): State<AppState>,
@@ -413,7 +414,8 @@ async fn recipient_page(
 }
 
 #[utoipa::path(get, path = "/v1/campaigns/{id}/recipients", params(("id" = Uuid, Path), RecipientQuery),
-    responses((status = 200, body = RecipientPage), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    responses((status = 200, body = RecipientPage), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 422, body = ErrorBody)),
     security(("bearer" = [])), tag = "recipients")]
 pub async fn list_recipients(
     State(state): State<AppState>,
