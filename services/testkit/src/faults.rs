@@ -637,9 +637,8 @@ pub struct ProcessStack {
     pub api: HeraldProcess,
     pub packers: Vec<HeraldProcess>,
     pub senders: Vec<HeraldProcess>,
-    pub base_url: String,
-    pub http: reqwest::Client,
-    pub token: String,
+    /// The tenant's HTTP client; `ProcessStack` derefs to it.
+    pub client: crate::ApiClient,
     /// A test-side view of the same prefixes and servers (for SQL and streams).
     pub common: CommonConfig,
     /// Keeps every process's log file until the stack is dropped.
@@ -728,12 +727,14 @@ impl ProcessStack {
             api,
             packers,
             senders,
-            base_url: format!("http://{listen}"),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .expect("http client"),
-            token,
+            client: crate::ApiClient {
+                base_url: format!("http://{listen}"),
+                http: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(20))
+                    .build()
+                    .expect("http client"),
+                token,
+            },
             common,
             _log_dir: log_dir,
         };
@@ -814,71 +815,6 @@ impl ProcessStack {
         out
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base_url)
-    }
-
-    /// One API call; a transport error (the api unreachable) is a panic.
-    pub async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        crate::call(&self.http, method, &self.url(path), &self.token, body).await
-    }
-
-    pub async fn create_campaign(&self, channel: Value) -> Uuid {
-        let (status, body) = self
-            .call(
-                reqwest::Method::POST,
-                "/v1/campaigns",
-                Some(json!({"name": "fault campaign", "channel": channel,
-                    "template": {"body": "Hi {{ name }}"}})),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-        body["id"].as_str().expect("id").parse().expect("uuid")
-    }
-
-    /// Imports `count` recipients `+1555<n>` with a name variable.
-    pub async fn import(&self, campaign: Uuid, count: usize) {
-        for start in (0..count).step_by(5_000) {
-            let recipients: Vec<Value> = (start..count.min(start + 5_000))
-                .map(|n| json!({"address": format!("+1555{n:08}"), "variables": {"name": format!("r{n}")}}))
-                .collect();
-            let (status, body) = self
-                .call(
-                    reqwest::Method::POST,
-                    &format!("/v1/campaigns/{campaign}/recipients"),
-                    Some(json!({ "recipients": recipients })),
-                )
-                .await;
-            assert_eq!(status, 200, "{body}");
-        }
-    }
-
-    pub async fn transition(&self, campaign: Uuid, action: &str) -> (u16, Value) {
-        self.call(
-            reqwest::Method::POST,
-            &format!("/v1/campaigns/{campaign}/{action}"),
-            None,
-        )
-        .await
-    }
-
-    pub async fn campaign(&self, campaign: Uuid) -> Value {
-        let (status, body) = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/v1/campaigns/{campaign}"),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        body
-    }
-
     /// Polls until the campaign has `status`; panics with the process logs after
     /// `timeout`.
     pub async fn wait_for_status(
@@ -887,33 +823,9 @@ impl ProcessStack {
         status: Status,
         timeout: Duration,
     ) -> Value {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let body = self.campaign(campaign).await;
-            if body["status"] == status.as_str() {
-                return body;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                panic!(
-                    "campaign never reached {status} within {timeout:?}: {body}\n{}",
-                    self.logs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The event history, as the API returns it.
-    pub async fn events(&self, campaign: Uuid) -> Vec<Value> {
-        let (status, body) = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/v1/campaigns/{campaign}/events"),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        body["items"].as_array().expect("items").clone()
+        self.client
+            .wait_for_status_or(campaign, status, timeout, || self.logs())
+            .await
     }
 
     /// The checks every fault scenario ends with: the campaign completed exactly
@@ -970,4 +882,11 @@ pub fn repeated_keys(provider: &ProviderDouble) -> BTreeMap<String, u32> {
         .into_iter()
         .filter(|(_, n)| *n > 1)
         .collect()
+}
+
+impl std::ops::Deref for ProcessStack {
+    type Target = crate::ApiClient;
+    fn deref(&self) -> &crate::ApiClient {
+        &self.client
+    }
 }

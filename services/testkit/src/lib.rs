@@ -350,7 +350,22 @@ pub struct Stack {
     pub env: TestEnv,
     pub api: RunningApi,
     pub workers: Workers,
+    /// The tenant's HTTP client; `Stack` derefs to it (`stack.call(..)`, `stack.token`).
+    pub client: ApiClient,
+}
+
+impl std::ops::Deref for Stack {
+    type Target = ApiClient;
+    fn deref(&self) -> &ApiClient {
+        &self.client
+    }
+}
+
+/// An HTTP client of the API with one tenant's token, and the calls tests make.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
     pub http: reqwest::Client,
+    pub base_url: String,
     pub token: String,
 }
 
@@ -377,17 +392,29 @@ impl Stack {
         // Workers wait for the api's streams.
         let workers = Workers::start(&env, packers, senders, packer, sender).await;
         let token = tenant_token(&env.pool(), "acme").await;
+        let client = ApiClient {
+            http: reqwest::Client::new(),
+            base_url: api.base_url.clone(),
+            token,
+        };
         Self {
             env,
             api,
             workers,
-            http: reqwest::Client::new(),
-            token,
+            client,
         }
     }
 
+    pub async fn stop(self) {
+        self.workers.stop().await;
+        self.api.stop().await;
+        self.env.cleanup().await;
+    }
+}
+
+impl ApiClient {
     pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.api.base_url)
+        format!("{}{path}", self.base_url)
     }
 
     pub async fn call(
@@ -454,24 +481,46 @@ impl Stack {
         status: Status,
         timeout: Duration,
     ) -> Value {
+        self.wait_for_status_or(campaign, status, timeout, String::new)
+            .await
+    }
+
+    /// Like [`ApiClient::wait_for_status`], with `diagnostics` (for example process
+    /// logs) appended to the panic message.
+    pub async fn wait_for_status_or(
+        &self,
+        campaign: Uuid,
+        status: Status,
+        timeout: Duration,
+        diagnostics: impl Fn() -> String,
+    ) -> Value {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let body = self.campaign(campaign).await;
             if body["status"] == status.as_str() {
                 return body;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "campaign never reached {status}: {body}"
-            );
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "campaign never reached {status} within {timeout:?}: {body}\n{}",
+                    diagnostics()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
-    pub async fn stop(self) {
-        self.workers.stop().await;
-        self.api.stop().await;
-        self.env.cleanup().await;
+    /// The event history, as the API returns it.
+    pub async fn events(&self, campaign: Uuid) -> Vec<Value> {
+        let (status, body) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/campaigns/{campaign}/events"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["items"].as_array().expect("items").clone()
     }
 }
 
