@@ -163,26 +163,12 @@ async fn adversarial_payloads_on_every_consumed_subject_are_dead_lettered_and_th
     let stack = Stack::start(1, 2, test_sender_config()).await;
     let bus = stack.env.bus().await;
     let prefix = bus.subjects.prefix().to_owned();
+    // The replicas' control durables (the Stack waited for them to exist).
     let replicas = [
         "ctl_packer_packer-0",
         "ctl_sender_sender-0",
         "ctl_sender_sender-1",
     ];
-    wait_until(
-        "every worker's control consumer",
-        Duration::from_secs(30),
-        || async {
-            let stream = bus.js.get_stream(&bus.streams.control).await.ok()?;
-            for name in replicas {
-                stream
-                    .get_consumer::<async_nats::jetstream::consumer::pull::Config>(name)
-                    .await
-                    .ok()?;
-            }
-            Some(())
-        },
-    )
-    .await;
     let live = stack.create_campaign(json!({"provider": "log"})).await;
 
     let mut rng = Rng(0x5eed_1234_abcd_0042);

@@ -276,6 +276,11 @@ impl Packer {
         &self.inner.replica_id
     }
 
+    /// Whether this replica listens to control messages.
+    pub fn control_fast_path(&self) -> bool {
+        self.inner.config.control.control_fast_path
+    }
+
     /// Every (campaign, action) control message this replica applied.
     pub fn applied_controls(&self) -> Vec<(Uuid, ControlAction)> {
         self.inner.applied.lock().expect("applied lock").clone()

@@ -193,6 +193,11 @@ impl Sender {
         &self.inner.replica_id
     }
 
+    /// Whether this replica listens to control messages.
+    pub fn control_fast_path(&self) -> bool {
+        self.inner.config.control.control_fast_path
+    }
+
     /// Every control message this replica has applied, oldest first.
     pub fn applied_controls(&self) -> Vec<AppliedControl> {
         self.inner.applied.lock().expect("applied lock").clone()

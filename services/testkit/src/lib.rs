@@ -397,12 +397,47 @@ impl Stack {
             base_url: api.base_url.clone(),
             token,
         };
-        Self {
+        let stack = Self {
             env,
             api,
             workers,
             client,
+        };
+        stack.wait_for_control_consumers().await;
+        stack
+    }
+
+    /// Waits until every worker replica with the fast path on has its control
+    /// durable, so a control message published from now on reaches all of them
+    /// (a new durable starts at the next message).
+    pub async fn wait_for_control_consumers(&self) {
+        let mut names: Vec<String> = Vec::new();
+        for packer in &self.workers.packers {
+            if packer.control_fast_path() {
+                names.push(format!("ctl_packer_{}", packer.replica_id()));
+            }
         }
+        for sender in &self.workers.senders {
+            if sender.control_fast_path() {
+                names.push(format!("ctl_sender_{}", sender.replica_id()));
+            }
+        }
+        let bus = self.env.bus().await;
+        faults::wait_until(
+            "every replica's control consumer",
+            Duration::from_secs(30),
+            || async {
+                let stream = bus.js.get_stream(&bus.streams.control).await.ok()?;
+                for name in &names {
+                    stream
+                        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(name)
+                        .await
+                        .ok()?;
+                }
+                Some(())
+            },
+        )
+        .await;
     }
 
     pub async fn stop(self) {
