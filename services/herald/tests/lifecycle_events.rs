@@ -328,6 +328,26 @@ async fn the_api_answers_errors_with_the_right_status_and_one_json_shape() {
         assert_eq!(body["error"]["code"], "not_found");
     }
 
+    // Tokens are stored as digests only.
+    let stored: Vec<Vec<u8>> = sqlx::query_scalar("SELECT token_hash FROM api_tokens")
+        .fetch_all(&stack.env.pool())
+        .await
+        .unwrap();
+    assert!(stored.contains(&herald_core::auth::hash_token(&stack.token)));
+    assert!(
+        stored
+            .iter()
+            .all(|digest| digest.len() == 32 && digest.as_slice() != stack.token.as_bytes())
+    );
+    let plain: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM api_tokens t, tenants n WHERE position($1 in t::text) > 0 OR position($1 in n::text) > 0",
+    )
+    .bind(&stack.token)
+    .fetch_one(&stack.env.pool())
+    .await
+    .unwrap();
+    assert_eq!(plain, 0, "the plain token is stored nowhere");
+
     // No token, or a wrong one.
     let response = stack
         .http
