@@ -78,13 +78,7 @@ impl BenchEnv {
                 .await
                 .is_ok()
             {
-                for stream in [
-                    &bus.streams.events,
-                    &bus.streams.control,
-                    &bus.streams.work,
-                    &bus.streams.tracked,
-                    &bus.streams.dlq,
-                ] {
+                for stream in bus.streams.all() {
                     let _ = bus.js.delete_stream(stream).await;
                 }
             }

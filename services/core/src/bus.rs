@@ -93,6 +93,17 @@ impl StreamNames {
             dlq: format!("{prefix}_DLQ"),
         }
     }
+
+    /// Every stream Herald owns.
+    pub fn all(&self) -> [&str; 5] {
+        [
+            &self.events,
+            &self.control,
+            &self.work,
+            &self.tracked,
+            &self.dlq,
+        ]
+    }
 }
 
 /// A NATS connection with Herald's naming.

@@ -577,13 +577,7 @@ async fn replicas_that_start_at_once_migrate_and_provision_safely() {
     }
     buses[0].provision().await.expect("and again: idempotent");
     let bus = &buses[0];
-    for stream in [
-        &bus.streams.events,
-        &bus.streams.control,
-        &bus.streams.work,
-        &bus.streams.tracked,
-        &bus.streams.dlq,
-    ] {
+    for stream in bus.streams.all() {
         bus.js.get_stream(stream).await.expect("stream exists");
         let _ = bus.js.delete_stream(stream).await;
     }

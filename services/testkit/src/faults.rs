@@ -25,6 +25,26 @@ use uuid::Uuid;
 
 use crate::{ProviderDouble, free_port};
 
+/// Waits until each named durable exists on the control stream: a new durable
+/// starts at the next message, so control published before it would be missed.
+pub async fn wait_for_control_durables(bus: &Bus, names: &[String]) {
+    wait_until(
+        "every replica's control consumer",
+        Duration::from_secs(30),
+        || async {
+            let stream = bus.js.get_stream(&bus.streams.control).await.ok()?;
+            for name in names {
+                stream
+                    .get_consumer::<async_nats::jetstream::consumer::pull::Config>(name)
+                    .await
+                    .ok()?;
+            }
+            Some(())
+        },
+    )
+    .await;
+}
+
 /// Polls `check` every 50 ms until it yields a value, or panics with `what` after
 /// `timeout`. The one bounded wait every fault test uses instead of sleeping.
 pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
@@ -768,21 +788,7 @@ impl ProcessStack {
                     .map(|s| format!("ctl_sender_{}", s.name())),
             )
             .collect();
-        wait_until(
-            "every worker's control consumer",
-            Duration::from_secs(30),
-            || async {
-                let stream = bus.js.get_stream(&bus.streams.control).await.ok()?;
-                for name in &names {
-                    stream
-                        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(name)
-                        .await
-                        .ok()?;
-                }
-                Some(())
-            },
-        )
-        .await;
+        wait_for_control_durables(&bus, &names).await;
     }
 
     /// A test-side NATS connection with the stack's prefixes.

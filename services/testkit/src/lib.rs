@@ -118,13 +118,7 @@ impl TestEnv {
                 .await
                 .is_ok()
         {
-            for stream in [
-                &bus.streams.events,
-                &bus.streams.control,
-                &bus.streams.work,
-                &bus.streams.tracked,
-                &bus.streams.dlq,
-            ] {
+            for stream in bus.streams.all() {
                 let _ = bus.js.delete_stream(stream).await;
             }
         }
@@ -423,21 +417,7 @@ impl Stack {
             }
         }
         let bus = self.env.bus().await;
-        faults::wait_until(
-            "every replica's control consumer",
-            Duration::from_secs(30),
-            || async {
-                let stream = bus.js.get_stream(&bus.streams.control).await.ok()?;
-                for name in &names {
-                    stream
-                        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(name)
-                        .await
-                        .ok()?;
-                }
-                Some(())
-            },
-        )
-        .await;
+        faults::wait_for_control_durables(&bus, &names).await;
     }
 
     pub async fn stop(self) {
