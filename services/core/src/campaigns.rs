@@ -41,9 +41,17 @@ pub struct Counters {
     pub skipped: i64,
 }
 
+/// The columns a [`Campaign`] is read from, for `SELECT ... FROM campaigns` and
+/// `RETURNING` (the table must not be aliased). The ledger counters are the
+/// campaign's own columns (what imports write) plus its counter shards (what
+/// claims, marks and releases write; see migrations/0002_hot_ledger.sql).
 pub const CAMPAIGN_COLUMNS: &str = "id, tenant_id, name, channel, template, status, version, run_epoch, \
-    packed_epoch, scheduled_at, rate_limit_per_second, total_count, pending_count, sending_count, \
-    sent_count, failed_count, skipped_count, created_at, updated_at, started_at, finished_at";
+    packed_epoch, scheduled_at, rate_limit_per_second, total_count, \
+    pending_count + (SELECT coalesce(sum(d.pending), 0)::bigint FROM campaign_counter_deltas d WHERE d.campaign_id = campaigns.id) AS pending_count, \
+    sending_count + (SELECT coalesce(sum(d.sending), 0)::bigint FROM campaign_counter_deltas d WHERE d.campaign_id = campaigns.id) AS sending_count, \
+    sent_count + (SELECT coalesce(sum(d.sent), 0)::bigint FROM campaign_counter_deltas d WHERE d.campaign_id = campaigns.id) AS sent_count, \
+    failed_count + (SELECT coalesce(sum(d.failed), 0)::bigint FROM campaign_counter_deltas d WHERE d.campaign_id = campaigns.id) AS failed_count, \
+    skipped_count, created_at, updated_at, started_at, finished_at";
 
 impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Campaign {
     fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {

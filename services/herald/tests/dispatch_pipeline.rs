@@ -535,3 +535,63 @@ async fn a_batch_claims_at_most_twice_its_declared_size_whatever_its_id_range() 
     assert_eq!(claimed.len(), 10);
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn rows_held_by_a_sender_that_died_are_sent_once_after_the_sweep_finds_its_expired_lease() {
+    use herald_core::contracts::SendBatch;
+    let provider = ProviderDouble::start(Duration::ZERO).await;
+    let stack = Stack::start(0, 0, test_sender_config()).await;
+    let id = stack.create_campaign(provider.webhook_channel()).await;
+    stack.import(id, 40).await;
+    assert_eq!(stack.transition(id, "start").await.0, 200);
+    let pool = stack.env.pool();
+
+    // A sender claims every row under a short lease and dies without marking any.
+    let batch = SendBatch {
+        campaign_id: id,
+        run_epoch: 1,
+        first_recipient_id: 0,
+        last_recipient_id: i64::MAX,
+        recipient_count: 20,
+        correlation_id: Uuid::new_v4(),
+    };
+    let dead_token = Uuid::new_v4();
+    let claimed = herald_sender::ledger::claim_batch(&pool, &batch, dead_token, 0.5)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 40);
+    // The epoch counts as fully paged, so only the sweep can bring the rows back.
+    sqlx::query(
+        "UPDATE campaigns SET packed_epoch = run_epoch, pack_epoch = run_epoch,
+                              pack_cursor = 9223372036854775807 WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let workers =
+        Workers::start(&stack.env, 1, 1, test_packer_config(), test_sender_config()).await;
+    let body = stack
+        .wait_for_status(id, Status::Completed, Duration::from_secs(30))
+        .await;
+    assert_each_recipient_sent_once(&provider, 40);
+    assert_counters_match_ledger(&pool, id, &body).await;
+    // The dead sender's lease row goes once nothing is held under it any more.
+    faults::wait_until(
+        "the dead lease row to go",
+        Duration::from_secs(10),
+        || async {
+            let left: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM recipient_leases WHERE campaign_id = $1")
+                    .bind(id)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            (left == 0).then_some(())
+        },
+    )
+    .await;
+    workers.stop().await;
+    stack.stop().await;
+}

@@ -164,16 +164,34 @@ async fn mark_epoch_packed(pool: &PgPool, campaign: Uuid, epoch: i32) -> Result<
         == 1)
 }
 
-/// Campaigns whose claimed rows have outlived their lease (a sender died).
+/// Campaigns with a lease row past its expiry: a sender died (or could not
+/// delete the row) before finishing a batch.
 async fn campaigns_with_expired_leases(pool: &PgPool) -> Result<Vec<(Uuid, i32)>, sqlx::Error> {
     sqlx::query_as(
         "SELECT c.id, c.run_epoch FROM campaigns c
          WHERE c.status = 'sending' AND EXISTS (
-             SELECT 1 FROM recipients r
-             WHERE r.campaign_id = c.id AND r.status = 'sending' AND r.lease_expires_at < now())",
+             SELECT 1 FROM recipient_leases l WHERE l.campaign_id = c.id AND l.expires_at < now())",
     )
     .fetch_all(pool)
     .await
+}
+
+/// Deletes expired lease rows that guard nothing any more: every row they
+/// covered was marked, released or claimed again under another lease, or the
+/// campaign is no longer sending (a resume re-pages whatever is left open).
+async fn drop_spent_leases(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM recipient_leases l
+         WHERE l.expires_at < now() AND (
+             NOT EXISTS (SELECT 1 FROM campaigns c WHERE c.id = l.campaign_id AND c.status = 'sending')
+             OR NOT EXISTS (
+                 SELECT 1 FROM recipients r
+                 WHERE r.campaign_id = l.campaign_id AND r.id BETWEEN l.first_id AND l.last_id
+                   AND r.lease_token = l.lease_token AND r.status = 'sending'))",
+    )
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 /// Which rows a sweep re-batches.
@@ -194,9 +212,14 @@ async fn stranded_page(
     size: i64,
 ) -> Result<Vec<i64>, sqlx::Error> {
     let sql = match which {
+        // Through the expired lease rows: each names the id range its rows are in.
         Stranded::ExpiredLeases => {
-            "SELECT id FROM recipients WHERE campaign_id = $1 AND status = 'sending' AND lease_expires_at < now()
-               AND id > $2 ORDER BY id LIMIT $3"
+            "SELECT r.id FROM recipient_leases l
+             JOIN recipients r ON r.campaign_id = l.campaign_id AND r.id BETWEEN l.first_id AND l.last_id
+                              AND r.lease_token = l.lease_token
+             WHERE l.campaign_id = $1 AND l.expires_at < now()
+               AND r.status = 'sending' AND r.lease_expires_at < now() AND r.id > $2
+             ORDER BY r.id LIMIT $3"
         }
         Stranded::Pending => {
             "SELECT id FROM recipients WHERE campaign_id = $1 AND status = 'pending' AND id > $2 ORDER BY id LIMIT $3"
@@ -216,9 +239,13 @@ async fn stalled_campaigns(
     stall_seconds: f64,
 ) -> Result<Vec<(Uuid, i32)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, run_epoch FROM campaigns
-         WHERE status = 'sending' AND packed_epoch = run_epoch AND pending_count > 0 AND sending_count = 0
-           AND updated_at < now() - make_interval(secs => $1)",
+        "SELECT c.id, c.run_epoch FROM campaigns c
+         LEFT JOIN campaign_counter_deltas d ON d.campaign_id = c.id
+         WHERE c.status = 'sending' AND c.packed_epoch = c.run_epoch
+         GROUP BY c.id
+         HAVING c.pending_count + coalesce(sum(d.pending), 0) > 0
+            AND c.sending_count + coalesce(sum(d.sending), 0) = 0
+            AND greatest(c.updated_at, max(d.updated_at)) < now() - make_interval(secs => $1)",
     )
     .bind(stall_seconds)
     .fetch_all(pool)
@@ -416,6 +443,9 @@ impl Packer {
     pub async fn sweep(&self) -> Result<usize, sqlx::Error> {
         let pool = &self.inner.pool;
         let mut published = 0;
+        // First forget the leases whose rows were already taken care of (by the
+        // previous sweep's batches, for instance), then re-batch the rest.
+        drop_spent_leases(pool).await?;
         for (campaign, epoch) in campaigns_with_expired_leases(pool).await? {
             published += self
                 .rebatch_stranded(campaign, epoch, Stranded::ExpiredLeases)

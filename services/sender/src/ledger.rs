@@ -1,7 +1,11 @@
 //! The sender's statements on the recipient ledger: claim, mark, release, renew.
 //!
-//! Each is one statement that also moves the campaign's counters, so the
-//! projection never drifts from the ledger.
+//! Each is one statement that also moves the campaign's counters (in a counter
+//! shard, `campaign_counter_deltas`), so the projection never drifts from the
+//! ledger. None of them writes an indexed column of `recipients`, so Postgres
+//! updates the rows in place (HOT); see migrations/0002_hot_ledger.sql.
+
+use std::collections::HashMap;
 
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
@@ -23,12 +27,24 @@ fn claim_limit(batch: &SendBatch) -> i64 {
     batch.recipient_count.clamp(1, 50_000) * 2
 }
 
+/// Which counter shard a lease writes to: fixed per lease, so one batch's writes
+/// land on one row while different batches spread over `COUNTER_SHARDS` rows.
+pub const COUNTER_SHARDS: u128 = 16;
+
+fn counter_shard(lease_token: Uuid) -> i16 {
+    (lease_token.as_u128() % COUNTER_SHARDS) as i16
+}
+
 /// Claims the batch's open rows, atomically with the campaign's status.
 ///
-/// The campaign row is locked `FOR NO KEY UPDATE`, which conflicts with the
-/// transition's `FOR UPDATE`: a claim that races a pause either commits before the
-/// pause does, or waits and then sees `paused` and claims nothing. Rows held by a
-/// live lease elsewhere are skipped, so a duplicated batch claims nothing twice.
+/// The campaign row is locked `FOR KEY SHARE`: claims do not wait on each other,
+/// but they conflict with the transition's `FOR UPDATE`, so a claim that races a
+/// pause either commits before the pause does, or waits and then sees `paused` and
+/// claims nothing. Rows held by a live lease elsewhere are skipped, so a duplicated
+/// batch claims nothing twice. The same statement records the lease (one
+/// `recipient_leases` row, which the packer's sweep finds if this replica dies)
+/// and moves the claimed rows from pending to sending in this lease's counter
+/// shard.
 pub async fn claim_batch(
     pool: &PgPool,
     batch: &SendBatch,
@@ -37,7 +53,7 @@ pub async fn claim_batch(
 ) -> Result<Vec<ClaimedRecipient>, sqlx::Error> {
     let rows = sqlx::query(
         "WITH camp AS (
-             SELECT id FROM campaigns WHERE id = $1 AND status = 'sending' FOR NO KEY UPDATE
+             SELECT id FROM campaigns WHERE id = $1 AND status = 'sending' FOR KEY SHARE
          ), cand AS (
              SELECT r.id, r.status AS prev FROM recipients r
              WHERE r.campaign_id = $1 AND r.id BETWEEN $2 AND $3 AND EXISTS (SELECT 1 FROM camp)
@@ -50,12 +66,17 @@ pub async fn claim_batch(
                     updated_at = now()
              FROM cand WHERE r.campaign_id = $1 AND r.id = cand.id
              RETURNING r.id, r.address, r.variables, cand.prev
-         ), bump AS (
-             UPDATE campaigns SET
-                 pending_count = pending_count - (SELECT count(*) FROM upd WHERE prev = 'pending'),
-                 sending_count = sending_count + (SELECT count(*) FROM upd WHERE prev = 'pending'),
+         ), lease AS (
+             INSERT INTO recipient_leases (lease_token, campaign_id, first_id, last_id, expires_at)
+             SELECT $4, $1, min(id), max(id), now() + make_interval(secs => $5) FROM upd
+             HAVING count(*) > 0
+         ), counted AS (
+             INSERT INTO campaign_counter_deltas AS d (campaign_id, shard, pending, sending)
+             SELECT $1, $7, -count(*), count(*) FROM upd WHERE prev = 'pending'
+             HAVING count(*) > 0
+             ON CONFLICT (campaign_id, shard) DO UPDATE SET
+                 pending = d.pending + excluded.pending, sending = d.sending + excluded.sending,
                  updated_at = now()
-             WHERE id = $1 AND EXISTS (SELECT 1 FROM upd)
          )
          SELECT id, address, variables FROM upd ORDER BY id",
     )
@@ -65,6 +86,7 @@ pub async fn claim_batch(
     .bind(lease_token)
     .bind(lease_seconds)
     .bind(claim_limit(batch))
+    .bind(counter_shard(lease_token))
     .fetch_all(pool)
     .await?;
     rows.iter()
@@ -88,81 +110,144 @@ pub struct RecipientOutcome {
     pub attempts: i32,
 }
 
-/// What is left open in the campaign after a write.
+/// What is left open in a campaign.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OpenCounts {
     pub pending: i64,
     pub sending: i64,
-    pub written: i64,
 }
 
-/// Records sent and failed rows in one statement. Only rows still held by this
-/// lease are written.
-///
-/// The rows are found by primary key inside the batch's id range, and the lease
-/// token alone proves they are still held: only `claim_batch` sets a token (with
-/// status `sending`), and marking or releasing clears it. The statement must not
-/// say `status = 'sending'`: that lets the planner pick the partial index
-/// `recipients_leases`, which keeps an entry for every row ever claimed until
-/// vacuum, so each mark scanned all of the campaign's past claims (measured: ~190k
-/// index entries and 40-140 ms per mark halfway through a 1M-recipient campaign;
-/// see docs/BENCHMARKS.md).
+impl OpenCounts {
+    pub fn is_done(&self) -> bool {
+        self.pending == 0 && self.sending == 0
+    }
+}
+
+/// One outcome with the lease it was claimed under: what a replica-wide write
+/// of several batches' outcomes is made of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeasedOutcome {
+    pub campaign_id: Uuid,
+    pub lease_token: Uuid,
+    pub outcome: RecipientOutcome,
+}
+
+/// Records one lease's sent and failed rows; returns how many it wrote.
 pub async fn mark_outcomes(
     pool: &PgPool,
     campaign_id: Uuid,
     lease_token: Uuid,
     outcomes: &[RecipientOutcome],
-) -> Result<OpenCounts, sqlx::Error> {
-    let ids: Vec<i64> = outcomes.iter().map(|o| o.id).collect();
+) -> Result<i64, sqlx::Error> {
+    let leased: Vec<LeasedOutcome> = outcomes
+        .iter()
+        .map(|outcome| LeasedOutcome {
+            campaign_id,
+            lease_token,
+            outcome: outcome.clone(),
+        })
+        .collect();
+    Ok(mark_leased_outcomes(pool, &leased).await?.values().sum())
+}
+
+/// Records sent and failed rows of any number of leases in one statement (one
+/// commit), and returns how many rows each lease wrote. Only rows still held by
+/// their lease are written.
+///
+/// The outcomes drive a nested loop of primary-key lookups (`FROM o` joined on
+/// `r.id = o.id`): each row costs one index probe, whatever the group size. Two
+/// shapes of this statement were measured and rejected (docs/BENCHMARKS.md):
+/// `r.status = 'sending'` in the `WHERE` once let the planner scan a partial
+/// lease index over every row the campaign had ever claimed, and an id range
+/// (`r.id BETWEEN min AND max`) made it scan the range and compare every row with
+/// every outcome, quadratic in the group size. The lease token alone proves a
+/// row is still held: only `claim_batch` sets it (with status `sending`), and
+/// marking or releasing clears it. The counter shards are written in campaign
+/// order, so two writes that touch the same campaigns cannot deadlock.
+pub async fn mark_leased_outcomes(
+    pool: &PgPool,
+    outcomes: &[LeasedOutcome],
+) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
+    let Some(first) = outcomes.first() else {
+        return Ok(HashMap::new());
+    };
+    let campaigns: Vec<Uuid> = outcomes.iter().map(|o| o.campaign_id).collect();
+    let tokens: Vec<Uuid> = outcomes.iter().map(|o| o.lease_token).collect();
+    let ids: Vec<i64> = outcomes.iter().map(|o| o.outcome.id).collect();
     let statuses: Vec<&str> = outcomes
         .iter()
-        .map(|o| if o.sent { "sent" } else { "failed" })
+        .map(|o| if o.outcome.sent { "sent" } else { "failed" })
         .collect();
     let message_ids: Vec<Option<&str>> = outcomes
         .iter()
-        .map(|o| o.provider_message_id.as_deref())
+        .map(|o| o.outcome.provider_message_id.as_deref())
         .collect();
-    let errors: Vec<Option<&str>> = outcomes.iter().map(|o| o.error.as_deref()).collect();
-    let attempts: Vec<i32> = outcomes.iter().map(|o| o.attempts).collect();
-    let first = ids.iter().copied().min().unwrap_or(0);
-    let last = ids.iter().copied().max().unwrap_or(-1);
-    let row = sqlx::query(
-        "WITH o AS (
-             SELECT * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::int[])
-                 AS o(id, status, provider_message_id, last_error, attempts)
+    let errors: Vec<Option<&str>> = outcomes
+        .iter()
+        .map(|o| o.outcome.error.as_deref())
+        .collect();
+    let attempts: Vec<i32> = outcomes.iter().map(|o| o.outcome.attempts).collect();
+    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+        "WITH o AS MATERIALIZED (
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[],
+                                  $6::text[], $7::int[])
+                 AS o(campaign_id, lease_token, id, status, provider_message_id, last_error, attempts)
          ), upd AS (
              UPDATE recipients r SET status = o.status, provider_message_id = o.provider_message_id,
                     last_error = o.last_error, attempts = r.attempts + o.attempts,
                     sent_at = CASE WHEN o.status = 'sent' THEN now() END,
                     lease_token = NULL, lease_expires_at = NULL, updated_at = now()
-             FROM o WHERE r.campaign_id = $1 AND r.id BETWEEN $8 AND $9 AND r.id = o.id
-                      AND r.lease_token = $7
-             RETURNING r.status
+             FROM o WHERE r.campaign_id = o.campaign_id AND r.id = o.id AND r.lease_token = o.lease_token
+             RETURNING r.campaign_id, o.lease_token, r.status
+         ), counted AS (
+             INSERT INTO campaign_counter_deltas AS d (campaign_id, shard, sending, sent, failed)
+             SELECT campaign_id, $8, -count(*), count(*) FILTER (WHERE status = 'sent'),
+                    count(*) FILTER (WHERE status = 'failed')
+             FROM upd GROUP BY campaign_id ORDER BY campaign_id
+             ON CONFLICT (campaign_id, shard) DO UPDATE SET
+                 sending = d.sending + excluded.sending, sent = d.sent + excluded.sent,
+                 failed = d.failed + excluded.failed, updated_at = now()
          )
-         UPDATE campaigns SET
-             sending_count = sending_count - (SELECT count(*) FROM upd),
-             sent_count = sent_count + (SELECT count(*) FROM upd WHERE status = 'sent'),
-             failed_count = failed_count + (SELECT count(*) FROM upd WHERE status = 'failed'),
-             updated_at = now()
-         WHERE id = $1
-         RETURNING pending_count, sending_count, (SELECT count(*) FROM upd) AS written",
+         SELECT lease_token, count(*) FROM upd GROUP BY lease_token",
     )
-    .bind(campaign_id)
+    .bind(&campaigns)
+    .bind(&tokens)
     .bind(&ids)
     .bind(&statuses)
     .bind(&message_ids)
     .bind(&errors)
     .bind(&attempts)
-    .bind(lease_token)
-    .bind(first)
-    .bind(last)
-    .fetch_one(pool)
+    .bind(counter_shard(first.lease_token))
+    .fetch_all(pool)
     .await?;
-    Ok(OpenCounts {
-        pending: row.try_get("pending_count")?,
-        sending: row.try_get("sending_count")?,
-        written: row.try_get("written")?,
-    })
+    Ok(rows.into_iter().collect())
+}
+
+/// The campaign's open counts as committed now: its columns plus its shards.
+/// Read after a batch's writes have committed, so whichever batch commits last
+/// sees every other batch's writes and can complete the campaign.
+pub async fn open_counts(pool: &PgPool, campaign_id: Uuid) -> Result<OpenCounts, sqlx::Error> {
+    let (pending, sending): (i64, i64) = sqlx::query_as(
+        "SELECT c.pending_count + coalesce(sum(d.pending), 0)::bigint,
+                c.sending_count + coalesce(sum(d.sending), 0)::bigint
+         FROM campaigns c LEFT JOIN campaign_counter_deltas d ON d.campaign_id = c.id
+         WHERE c.id = $1 GROUP BY c.id",
+    )
+    .bind(campaign_id)
+    .fetch_optional(pool)
+    .await?
+    .unwrap_or((0, 0));
+    Ok(OpenCounts { pending, sending })
+}
+
+/// Forgets a finished batch's lease row: every row it claimed is now marked or
+/// released, so there is nothing left for the sweep to find.
+pub async fn end_lease(pool: &PgPool, lease_token: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM recipient_leases WHERE lease_token = $1")
+        .bind(lease_token)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// The campaign as a release left it.
@@ -187,17 +272,21 @@ pub async fn release_claims(
              UPDATE recipients SET status = 'pending', lease_token = NULL, lease_expires_at = NULL, updated_at = now()
              WHERE campaign_id = $1 AND id = ANY($2) AND status = 'sending' AND lease_token = $3
              RETURNING id
+         ), counted AS (
+             INSERT INTO campaign_counter_deltas AS d (campaign_id, shard, pending, sending)
+             SELECT $1, $4, count(*), -count(*) FROM upd HAVING count(*) > 0
+             ON CONFLICT (campaign_id, shard) DO UPDATE SET
+                 pending = d.pending + excluded.pending, sending = d.sending + excluded.sending,
+                 updated_at = now()
          )
-         UPDATE campaigns SET
-             sending_count = sending_count - (SELECT count(*) FROM upd),
-             pending_count = pending_count + (SELECT count(*) FROM upd),
-             updated_at = now()
+         UPDATE campaigns SET updated_at = now()
          WHERE id = $1
          RETURNING status, run_epoch, (SELECT count(*) FROM upd) AS released",
     )
     .bind(campaign_id)
     .bind(ids)
     .bind(lease_token)
+    .bind(counter_shard(lease_token))
     .fetch_one(pool)
     .await?;
     Ok(Released {
@@ -207,7 +296,8 @@ pub async fn release_claims(
     })
 }
 
-/// Extends this batch's leases while it is still working on them.
+/// Extends this batch's leases while it is still working on them: the rows'
+/// own expiry (what a claim checks) and the lease row (what the sweep checks).
 pub async fn renew_leases(
     pool: &PgPool,
     campaign_id: Uuid,
@@ -215,8 +305,12 @@ pub async fn renew_leases(
     ids: &[i64],
     lease_seconds: f64,
 ) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
-        "UPDATE recipients SET lease_expires_at = now() + make_interval(secs => $4)
+    let renewed = sqlx::query(
+        "WITH lease AS (
+             UPDATE recipient_leases SET expires_at = now() + make_interval(secs => $4)
+             WHERE lease_token = $3
+         )
+         UPDATE recipients SET lease_expires_at = now() + make_interval(secs => $4)
          WHERE campaign_id = $1 AND id = ANY($2) AND lease_token = $3 AND status = 'sending'",
     )
     .bind(campaign_id)
@@ -225,5 +319,6 @@ pub async fn renew_leases(
     .bind(lease_seconds)
     .execute(pool)
     .await?
-    .rows_affected())
+    .rows_affected();
+    Ok(renewed)
 }

@@ -8,6 +8,7 @@
 
 pub mod dispatch;
 pub mod ledger;
+pub mod recorder;
 pub mod status_cache;
 
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ use uuid::Uuid;
 
 use crate::dispatch::{Attempt, Dispatcher, OutboundMessage, RetryPolicy};
 use crate::ledger::{ClaimedRecipient, RecipientOutcome};
+use crate::recorder::{BatchRecording, OutcomeRecorder, RecordError};
 use crate::status_cache::StatusCache;
 
 /// Settings of the sender service.
@@ -119,6 +121,7 @@ struct SenderInner {
     cache: StatusCache,
     dispatcher: Dispatcher,
     dispatch_slots: Arc<Semaphore>,
+    recorder: OutcomeRecorder,
     plans: Mutex<HashMap<Uuid, Arc<CampaignPlan>>>,
     applied: Mutex<Vec<AppliedControl>>,
 }
@@ -138,8 +141,6 @@ const RECORD_RETRY_LIMIT: Duration = Duration::from_secs(120);
 struct Recorded {
     sent: i64,
     failed: i64,
-    /// Open rows left in the campaign after the last write.
-    open: Option<ledger::OpenCounts>,
 }
 
 /// How one claimed recipient ended on this replica.
@@ -179,6 +180,7 @@ impl Sender {
                 cache: StatusCache::new(pool.clone(), Duration::from_millis(config.status_ttl_ms)),
                 dispatcher: Dispatcher::new(Duration::from_millis(config.provider_timeout_ms))?,
                 dispatch_slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
+                recorder: OutcomeRecorder::start(pool.clone(), RECORD_RETRY_LIMIT),
                 plans: Mutex::new(HashMap::new()),
                 applied: Mutex::new(Vec::new()),
                 pool,
@@ -453,10 +455,10 @@ impl Sender {
             })
         };
 
-        // Outcomes are written as they complete (group commit: whatever finished
-        // while the previous write ran goes in the next one), not once at the end
-        // of the batch. A `kill -9` then repeats at the provider only the requests
-        // in flight at that instant, not every request the batch had already made.
+        // Outcomes are written as they complete, with those of the replica's other
+        // batches (see `recorder`), not once at the end of the batch. A `kill -9`
+        // then repeats at the provider only the requests in flight at that
+        // instant, not every request the batch had already made.
         let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut unsent = Vec::new();
         let dispatching = async {
@@ -483,7 +485,11 @@ impl Sender {
         };
         let ((), recorded) = tokio::join!(
             dispatching,
-            self.record_as_completed(campaign, lease_token, done_rx)
+            self.record_as_completed(
+                campaign,
+                self.inner.recorder.batch(campaign, lease_token),
+                done_rx
+            )
         );
         let recorded = match recorded {
             Ok(recorded) => recorded,
@@ -512,28 +518,37 @@ impl Sender {
         let failed = recorded.failed;
         self.track(&batch, claimed_count, sent, failed, unsent.len() as i64)
             .await;
-        if recorded
-            .open
-            .is_some_and(|o| o.pending == 0 && o.sending == 0)
-        {
-            if let Err(error) = complete_if_done(&self.inner.lifecycle, campaign, "sender").await {
+        // Every claimed row is marked or released: the lease row has nothing left
+        // to guard. If deleting it fails, the sweep drops it once it expires.
+        if let Err(error) = ledger::end_lease(&self.inner.pool, lease_token).await {
+            tracing::warn!(campaign_id = %campaign, %error, "could not delete the lease row");
+        }
+        // Read after this batch's writes committed: the batch that commits last
+        // sees all the others' and completes the campaign.
+        match ledger::open_counts(&self.inner.pool, campaign).await {
+            Ok(open) if open.is_done() => {
+                if let Err(error) =
+                    complete_if_done(&self.inner.lifecycle, campaign, "sender").await
+                {
+                    tracing::warn!(campaign_id = %campaign, %error, "completion check failed");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
                 tracing::warn!(campaign_id = %campaign, %error, "completion check failed");
             }
         }
         StepOutcome::Ack
     }
 
-    /// Writes outcomes as they arrive, each write taking everything queued since
-    /// the last one. A write that fails because Postgres is unreachable is retried
-    /// (the heartbeat keeps renewing the leases meanwhile): giving up would let
-    /// the leases expire and send these recipients a second time.
+    /// Hands outcomes to the replica's writer as they arrive, then waits until
+    /// all of them are written.
     async fn record_as_completed(
         &self,
         campaign: Uuid,
-        lease_token: Uuid,
+        mut recording: BatchRecording,
         mut done: tokio::sync::mpsc::UnboundedReceiver<RecipientOutcome>,
-    ) -> Result<Recorded, sqlx::Error> {
-        const MAX_GROUP: usize = 500;
+    ) -> Result<Recorded, RecordError> {
         let provider = self
             .plan(campaign)
             .await
@@ -541,40 +556,18 @@ impl Sender {
             .flatten()
             .map_or("unknown", |p| p.channel.provider());
         let mut recorded = Recorded::default();
-        while let Some(first) = done.recv().await {
-            let mut group = vec![first];
-            while group.len() < MAX_GROUP {
-                match done.try_recv() {
-                    Ok(outcome) => group.push(outcome),
-                    Err(_) => break,
-                }
+        while let Some(outcome) = done.recv().await {
+            if outcome.sent {
+                recorded.sent += 1;
+            } else {
+                recorded.failed += 1;
             }
-            let mut delay = Duration::from_millis(100);
-            let give_up = tokio::time::Instant::now() + RECORD_RETRY_LIMIT;
-            let open = loop {
-                match ledger::mark_outcomes(&self.inner.pool, campaign, lease_token, &group).await {
-                    Ok(open) => break open,
-                    Err(error)
-                        if herald_core::db::is_unavailable(&error)
-                            && tokio::time::Instant::now() < give_up =>
-                    {
-                        tracing::warn!(campaign_id = %campaign, %error, "Postgres unavailable; retrying the outcome write");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_millis(500));
-                    }
-                    Err(error) => return Err(error),
-                }
-            };
-            recorded.open = Some(open);
-            for o in &group {
-                let result = if o.sent { "sent" } else { "failed" };
-                metrics::counter!("herald_dispatches_total", "provider" => provider, "outcome" => result).increment(1);
-                if o.sent {
-                    recorded.sent += 1;
-                } else {
-                    recorded.failed += 1;
-                }
-            }
+            recording.record(outcome)?;
+        }
+        recording.flushed().await?;
+        for (result, count) in [("sent", recorded.sent), ("failed", recorded.failed)] {
+            metrics::counter!("herald_dispatches_total", "provider" => provider, "outcome" => result)
+                .increment(count as u64);
         }
         Ok(recorded)
     }

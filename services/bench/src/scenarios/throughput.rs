@@ -182,8 +182,9 @@ pub async fn ledger_alone(
                         attempts: 1,
                     })
                     .collect();
-                let open = ledger::mark_outcomes(&pool, campaign, token, &outcomes).await?;
-                done.fetch_add(open.written as u64, Ordering::Relaxed);
+                let written = ledger::mark_outcomes(&pool, campaign, token, &outcomes).await?;
+                ledger::end_lease(&pool, token).await?;
+                done.fetch_add(written as u64, Ordering::Relaxed);
             }
         }));
     }

@@ -1,0 +1,186 @@
+//! Group commit of dispatch outcomes across every batch of one sender replica.
+//!
+//! Outcomes are written as they complete, not once at the end of a batch: a
+//! `kill -9` then repeats at the provider only the requests whose outcome was not
+//! yet written, never a whole batch. Writing each batch's outcomes on its own,
+//! though, made a replica with four batches in flight commit four times as often,
+//! and with three replicas the commits (each a WAL flush) became the bottleneck
+//! (docs/BENCHMARKS.md). So one writer per replica takes everything queued by
+//! all of its batches since its last write and records it in one statement. No
+//! outcome waits for a timer: under light load each write holds one outcome, and
+//! under heavy load a write holds what arrived during the previous one.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use crate::ledger::{self, LeasedOutcome, RecipientOutcome};
+
+/// The most outcomes in one write.
+const MAX_GROUP: usize = 2_000;
+
+/// Why a batch's outcomes could not all be written.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("outcome write failed: {0}")]
+pub struct RecordError(String);
+
+/// One outcome waiting for the writer, and where to report that it is written.
+struct Queued {
+    outcome: LeasedOutcome,
+    written: mpsc::UnboundedSender<Result<(), RecordError>>,
+}
+
+/// The replica's outcome writer. Cheap to clone; the writer task ends when the
+/// last clone is dropped.
+#[derive(Debug, Clone)]
+pub struct OutcomeRecorder {
+    queue: mpsc::UnboundedSender<Queued>,
+}
+
+impl std::fmt::Debug for Queued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queued")
+            .field("outcome", &self.outcome)
+            .finish()
+    }
+}
+
+impl OutcomeRecorder {
+    /// Starts the writer task. A write that fails because Postgres is unreachable
+    /// is retried for up to `retry_limit`: giving up would let the leases expire
+    /// and send those recipients a second time.
+    pub fn start(pool: PgPool, retry_limit: Duration) -> Self {
+        let (queue, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(write_groups(pool, receiver, retry_limit));
+        Self { queue }
+    }
+
+    /// A handle for one batch's outcomes.
+    pub fn batch(&self, campaign_id: Uuid, lease_token: Uuid) -> BatchRecording {
+        let (written_tx, written_rx) = mpsc::unbounded_channel();
+        BatchRecording {
+            queue: self.queue.clone(),
+            campaign_id,
+            lease_token,
+            written_tx,
+            written_rx,
+            queued: 0,
+        }
+    }
+}
+
+/// The outcomes of one batch on their way to the ledger.
+#[derive(Debug)]
+pub struct BatchRecording {
+    queue: mpsc::UnboundedSender<Queued>,
+    campaign_id: Uuid,
+    lease_token: Uuid,
+    written_tx: mpsc::UnboundedSender<Result<(), RecordError>>,
+    written_rx: mpsc::UnboundedReceiver<Result<(), RecordError>>,
+    queued: usize,
+}
+
+impl BatchRecording {
+    /// Queues one outcome for the next write.
+    pub fn record(&mut self, outcome: RecipientOutcome) -> Result<(), RecordError> {
+        let queued = Queued {
+            outcome: LeasedOutcome {
+                campaign_id: self.campaign_id,
+                lease_token: self.lease_token,
+                outcome,
+            },
+            written: self.written_tx.clone(),
+        };
+        self.queue
+            .send(queued)
+            .map_err(|_| RecordError("the outcome writer has stopped".into()))?;
+        self.queued += 1;
+        Ok(())
+    }
+
+    /// Waits until every queued outcome is written, or one write failed.
+    pub async fn flushed(mut self) -> Result<(), RecordError> {
+        drop(self.written_tx);
+        let mut confirmed = 0;
+        while confirmed < self.queued {
+            match self.written_rx.recv().await {
+                Some(Ok(())) => confirmed += 1,
+                Some(Err(error)) => return Err(error),
+                None => return Err(RecordError("the outcome writer has stopped".into())),
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn write_groups(
+    pool: PgPool,
+    mut receiver: mpsc::UnboundedReceiver<Queued>,
+    retry_limit: Duration,
+) {
+    let mut group: Vec<Queued> = Vec::with_capacity(MAX_GROUP);
+    while let Some(first) = receiver.recv().await {
+        group.push(first);
+        while group.len() < MAX_GROUP {
+            match receiver.try_recv() {
+                Ok(queued) => group.push(queued),
+                Err(_) => break,
+            }
+        }
+        let outcomes: Vec<LeasedOutcome> = group.iter().map(|q| q.outcome.clone()).collect();
+        let result = write_with_retry(&pool, &outcomes, retry_limit).await;
+        for queued in group.drain(..) {
+            // A batch that gave up waiting has dropped its receiver; nothing to tell.
+            let _ = queued.written.send(result.clone());
+        }
+    }
+}
+
+async fn write_with_retry(
+    pool: &PgPool,
+    outcomes: &[LeasedOutcome],
+    retry_limit: Duration,
+) -> Result<(), RecordError> {
+    let give_up = tokio::time::Instant::now() + retry_limit;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match ledger::mark_leased_outcomes(pool, outcomes).await {
+            Ok(written) => {
+                log_lost_leases(outcomes, &written);
+                return Ok(());
+            }
+            Err(error)
+                if herald_core::db::is_unavailable(&error)
+                    && tokio::time::Instant::now() < give_up =>
+            {
+                tracing::warn!(%error, outcomes = outcomes.len(), "Postgres unavailable; retrying the outcome write");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+            Err(error) => {
+                tracing::error!(%error, outcomes = outcomes.len(), "could not write outcomes");
+                return Err(RecordError(error.to_string()));
+            }
+        }
+    }
+}
+
+/// Rows that were no longer held by their lease (it expired and another replica
+/// took them over) are not written; that is expected after a long stall, but
+/// worth a line in the log.
+fn log_lost_leases(outcomes: &[LeasedOutcome], written: &HashMap<Uuid, i64>) {
+    let mut queued: HashMap<Uuid, (Uuid, i64)> = HashMap::new();
+    for o in outcomes {
+        queued.entry(o.lease_token).or_insert((o.campaign_id, 0)).1 += 1;
+    }
+    for (lease, (campaign, count)) in queued {
+        let done = written.get(&lease).copied().unwrap_or(0);
+        if done < count {
+            tracing::warn!(campaign_id = %campaign, lease_token = %lease, lost = count - done,
+                "outcomes not written: their lease had passed to another replica");
+        }
+    }
+}
