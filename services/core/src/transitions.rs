@@ -185,8 +185,12 @@ pub async fn commit_transition(
             }
         }
     }
+    // The counters answer most attempts at once; the ledger scan (no index covers
+    // `status`, so it reads the campaign's rows) is the final word when they say
+    // nothing is open.
     if request.action == Action::Complete
         && (current.packed_epoch < current.run_epoch
+            || current.counters.pending + current.counters.sending > 0
             || has_open_recipients(&mut tx, current.id).await?)
     {
         return Err(TransitionError::Precondition(
