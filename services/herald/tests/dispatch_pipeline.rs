@@ -47,6 +47,19 @@ async fn wait_until_quiet(provider: &ProviderDouble) {
     }
 }
 
+/// A schema-valid send batch whose id range covers the whole campaign, declaring
+/// `declared` recipients (a claim takes at most twice that).
+fn batch_spanning_campaign(campaign: Uuid, declared: i64) -> herald_core::contracts::SendBatch {
+    herald_core::contracts::SendBatch {
+        campaign_id: campaign,
+        run_epoch: 1,
+        first_recipient_id: 0,
+        last_recipient_id: i64::MAX,
+        recipient_count: declared,
+        correlation_id: Uuid::new_v4(),
+    }
+}
+
 fn assert_each_recipient_sent_once(provider: &ProviderDouble, expected: usize) {
     let per_key = provider.per_key();
     let twice: Vec<_> = per_key.iter().filter(|(_, n)| **n > 1).collect();
@@ -447,20 +460,12 @@ async fn a_malformed_send_batch_is_dead_lettered_and_the_sender_keeps_working() 
 
 #[tokio::test]
 async fn a_claim_that_races_a_pause_waits_for_it_and_then_claims_nothing() {
-    use herald_core::contracts::SendBatch;
     let stack = Stack::start(0, 0, test_sender_config()).await;
     let id = stack.create_campaign(json!({"provider": "log"})).await;
     stack.import(id, 50).await;
     assert_eq!(stack.transition(id, "start").await.0, 200);
     let pool = stack.env.pool();
-    let batch = SendBatch {
-        campaign_id: id,
-        run_epoch: 1,
-        first_recipient_id: 0,
-        last_recipient_id: i64::MAX,
-        recipient_count: 50,
-        correlation_id: Uuid::new_v4(),
-    };
+    let batch = batch_spanning_campaign(id, 50);
     // A pause in the middle of its transaction: the row lock is held, not yet committed.
     let mut pause = pool.begin().await.unwrap();
     sqlx::query("SELECT id FROM campaigns WHERE id = $1 FOR UPDATE")
@@ -514,20 +519,12 @@ async fn a_claim_that_races_a_pause_waits_for_it_and_then_claims_nothing() {
 
 #[tokio::test]
 async fn a_batch_claims_at_most_twice_its_declared_size_whatever_its_id_range() {
-    use herald_core::contracts::SendBatch;
     let stack = Stack::start(0, 0, test_sender_config()).await;
     let id = stack.create_campaign(json!({"provider": "log"})).await;
     stack.import(id, 100).await;
     assert_eq!(stack.transition(id, "start").await.0, 200);
     // A schema-valid batch whose range spans the whole campaign but declares 5 rows.
-    let wide = SendBatch {
-        campaign_id: id,
-        run_epoch: 1,
-        first_recipient_id: 1,
-        last_recipient_id: i64::MAX,
-        recipient_count: 5,
-        correlation_id: Uuid::new_v4(),
-    };
+    let wide = batch_spanning_campaign(id, 5);
     let claimed =
         herald_sender::ledger::claim_batch(&stack.env.pool(), &wide, Uuid::new_v4(), 30.0)
             .await
@@ -538,7 +535,6 @@ async fn a_batch_claims_at_most_twice_its_declared_size_whatever_its_id_range() 
 
 #[tokio::test]
 async fn rows_held_by_a_sender_that_died_are_sent_once_after_the_sweep_finds_its_expired_lease() {
-    use herald_core::contracts::SendBatch;
     let provider = ProviderDouble::start(Duration::ZERO).await;
     let stack = Stack::start(0, 0, test_sender_config()).await;
     let id = stack.create_campaign(provider.webhook_channel()).await;
@@ -547,14 +543,7 @@ async fn rows_held_by_a_sender_that_died_are_sent_once_after_the_sweep_finds_its
     let pool = stack.env.pool();
 
     // A sender claims every row under a short lease and dies without marking any.
-    let batch = SendBatch {
-        campaign_id: id,
-        run_epoch: 1,
-        first_recipient_id: 0,
-        last_recipient_id: i64::MAX,
-        recipient_count: 20,
-        correlation_id: Uuid::new_v4(),
-    };
+    let batch = batch_spanning_campaign(id, 20);
     let dead_token = Uuid::new_v4();
     let claimed = herald_sender::ledger::claim_batch(&pool, &batch, dead_token, 0.5)
         .await
