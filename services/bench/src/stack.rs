@@ -141,6 +141,33 @@ impl InProcessStack {
     }
 }
 
+/// Starts the services of one run on `env`, runs `body` against them, and stops
+/// them whatever `body` returned. A failing body is reported before a failing
+/// shutdown (which is usually its consequence). The sink, if any, belongs to the
+/// caller, which may still read it after the services have stopped.
+pub async fn with_stack<T>(
+    env: &BenchEnv,
+    args: &BenchArgs,
+    packers: usize,
+    senders: usize,
+    fast_path: bool,
+    body: impl AsyncFnOnce(&InProcessStack) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let stack = InProcessStack::start(
+        env,
+        packers,
+        senders,
+        packer_config(args, fast_path),
+        sender_config(args, fast_path),
+    )
+    .await?;
+    let result = body(&stack).await;
+    let stopped = stack.stop().await;
+    let value = result?;
+    stopped?;
+    Ok(value)
+}
+
 /// Waits until every worker has its consumers: the shared work durables with a
 /// pull from each replica and, with the fast path, each replica's control durable.
 /// A control message published before a replica's durable exists never reaches it.

@@ -16,7 +16,7 @@ use crate::env::with_env;
 use crate::loadgen::{LoadPlan, LoadResult, run_load};
 use crate::report::{Figure, RatioKind, ScenarioReport};
 use crate::sink::Sink;
-use crate::stack::{InProcessStack, packer_config, sender_config};
+use crate::stack::with_stack;
 
 pub const DEFAULT_RECIPIENTS: u64 = 1_000;
 
@@ -27,15 +27,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<ScenarioReport> {
     let senders = args.max_senders();
     let (mix, health, tool) = with_env(args, |env| async move {
         let sink = Sink::start(Duration::ZERO).await?;
-        let stack = InProcessStack::start(
-            &env,
-            args.packers,
-            senders,
-            packer_config(args, true),
-            sender_config(args, true),
-        )
-        .await?;
-        let result = async {
+        let result = with_stack(&env, args, args.packers, senders, true, async |stack| {
             let mut ids = Vec::new();
             for _ in 0..campaigns {
                 let id = stack
@@ -73,13 +65,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<ScenarioReport> {
                 }
             }
             anyhow::Ok((mix, health, tool))
-        }
+        })
         .await;
-        let stopped = stack.stop().await;
         sink.stop();
-        let result = result?;
-        stopped?;
-        Ok(result)
+        result
     })
     .await?;
 

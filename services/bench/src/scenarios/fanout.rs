@@ -28,7 +28,7 @@ use crate::args::BenchArgs;
 use crate::env::{BenchEnv, with_env};
 use crate::report::{Figure, RatioKind, ScenarioReport};
 use crate::sink::Sink;
-use crate::stack::{InProcessStack, packer_config, sender_config};
+use crate::stack::with_stack;
 use crate::stats::summary;
 
 pub const DEFAULT_RECIPIENTS: u64 = 20_000;
@@ -140,15 +140,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<ScenarioReport> {
     );
     let (herald_seen, shared_seen, published) = with_env(args, |env| async move {
         let sink = Sink::start(Duration::from_millis(5)).await?;
-        let stack = InProcessStack::start(
-            &env,
-            packers,
-            senders,
-            packer_config(args, true),
-            sender_config(args, true),
-        )
-        .await?;
-        let result = async {
+        let result = with_stack(&env, args, packers, senders, true, async |stack| {
             // Busy replicas: the control listener shares the runtime with dispatching.
             let background = stack
                 .client
@@ -217,13 +209,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<ScenarioReport> {
             let herald = herald_seen.lock().expect("seen lock").clone();
             let shared = shared_seen.lock().expect("seen lock").clone();
             anyhow::Ok((herald, shared, published))
-        }
+        })
         .await;
-        let stopped = stack.stop().await;
         sink.stop();
-        let result = result?;
-        stopped?;
-        Ok(result)
+        result
     })
     .await?;
 

@@ -30,7 +30,7 @@ use crate::args::BenchArgs;
 use crate::env::with_env;
 use crate::report::{Figure, RatioKind, ScenarioReport};
 use crate::sink::Sink;
-use crate::stack::{InProcessStack, packer_config, sender_config};
+use crate::stack::{InProcessStack, with_stack};
 use crate::stats::summary;
 
 pub const DEFAULT_RECIPIENTS: u64 = 200_000;
@@ -240,52 +240,49 @@ async fn measure(args: &BenchArgs, fast_path: bool, iterations: usize) -> anyhow
     let recipients = args.recipients_or(DEFAULT_RECIPIENTS);
     with_env(args, |env| async move {
         let sink = Sink::start(Duration::from_millis(args.pause_sink_delay_ms)).await?;
-        let stack = InProcessStack::start(
+        let series = with_stack(
             &env,
+            args,
             args.packers,
             senders,
-            packer_config(args, fast_path),
-            sender_config(args, fast_path),
-        )
-        .await?;
-        let mut runner = Runner {
-            stack: &stack,
-            sink: &sink,
-            recipients,
             fast_path,
-            in_flight_budget: (senders * args.sender_concurrency) as u64,
-            // What the baseline can send after one pause (every batch in flight),
-            // but at most half a campaign so small runs still reuse campaigns.
-            min_pending: ((senders * args.sender_batches) as u64 * args.batch_size.max(1) as u64)
-                .min(recipients / 2),
-            campaign: None,
-            pauses: HashMap::new(),
-            series: Series::default(),
-        };
-        let result = async {
-            let mut attempts = 0;
-            while runner.series.samples.len() < iterations {
-                attempts += 1;
-                anyhow::ensure!(
-                    attempts <= iterations * 3 + 10,
-                    "too many discarded pause iterations"
-                );
-                if let Some(sample) = runner.iteration().await? {
-                    runner.series.samples.push(sample);
-                    let done = runner.series.samples.len();
-                    if done % 20 == 0 || done == iterations {
-                        eprintln!("   {done}/{iterations} pauses");
+            async |stack| {
+                let mut runner = Runner {
+                    stack,
+                    sink: &sink,
+                    recipients,
+                    fast_path,
+                    in_flight_budget: (senders * args.sender_concurrency) as u64,
+                    // What the baseline can send after one pause (every batch in flight),
+                    // but at most half a campaign so small runs still reuse campaigns.
+                    min_pending: ((senders * args.sender_batches) as u64
+                        * args.batch_size.max(1) as u64)
+                        .min(recipients / 2),
+                    campaign: None,
+                    pauses: HashMap::new(),
+                    series: Series::default(),
+                };
+                let mut attempts = 0;
+                while runner.series.samples.len() < iterations {
+                    attempts += 1;
+                    anyhow::ensure!(
+                        attempts <= iterations * 3 + 10,
+                        "too many discarded pause iterations"
+                    );
+                    if let Some(sample) = runner.iteration().await? {
+                        runner.series.samples.push(sample);
+                        let done = runner.series.samples.len();
+                        if done % 20 == 0 || done == iterations {
+                            eprintln!("   {done}/{iterations} pauses");
+                        }
                     }
                 }
-            }
-            anyhow::Ok(())
-        }
+                anyhow::Ok(runner.series)
+            },
+        )
         .await;
-        let series = std::mem::take(&mut runner.series);
-        let stopped = stack.stop().await;
         sink.stop();
-        result?;
-        stopped?;
+        let series = series?;
         anyhow::ensure!(
             sink.duplicates() == 0,
             "{} duplicate sends across pauses",

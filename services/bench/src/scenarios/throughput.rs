@@ -25,7 +25,7 @@ use crate::env::{BenchEnv, with_env};
 use crate::report::{Figure, RatioKind, ScenarioReport};
 use crate::scenarios::{CampaignRun, run_campaign};
 use crate::sink::Sink;
-use crate::stack::{InProcessStack, packer_config, sender_config};
+use crate::stack::with_stack;
 use crate::stats::rate;
 
 pub const DEFAULT_RECIPIENTS: u64 = 1_000_000;
@@ -35,20 +35,12 @@ pub async fn end_to_end(args: &BenchArgs, senders: usize) -> anyhow::Result<Camp
     let recipients = args.recipients_or(DEFAULT_RECIPIENTS);
     with_env(args, |env| async move {
         let sink = Sink::start(Duration::ZERO).await?;
-        let stack = InProcessStack::start(
-            &env,
-            args.packers,
-            senders,
-            packer_config(args, true),
-            sender_config(args, true),
-        )
-        .await?;
-        let run = run_campaign(&stack.client, &sink, recipients).await;
-        let stopped = stack.stop().await;
+        let run = with_stack(&env, args, args.packers, senders, true, async |stack| {
+            run_campaign(&stack.client, &sink, recipients).await
+        })
+        .await;
         sink.stop();
-        let run = run?;
-        stopped?;
-        Ok(run)
+        run
     })
     .await
 }
