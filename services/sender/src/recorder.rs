@@ -40,14 +40,6 @@ pub struct OutcomeRecorder {
     queue: mpsc::UnboundedSender<Queued>,
 }
 
-impl std::fmt::Debug for Queued {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queued")
-            .field("outcome", &self.outcome)
-            .finish()
-    }
-}
-
 impl OutcomeRecorder {
     /// Starts the writer task. A write that fails because Postgres is unreachable
     /// is retried for up to `retry_limit`: giving up would let the leases expire
