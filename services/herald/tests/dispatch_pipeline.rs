@@ -584,3 +584,69 @@ async fn rows_held_by_a_sender_that_died_are_sent_once_after_the_sweep_finds_its
     workers.stop().await;
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn outcomes_wait_to_share_one_write_until_a_full_group_is_queued_or_the_linger_ends() {
+    use herald_sender::ledger::{RecipientOutcome, claim_batch};
+    use herald_sender::recorder::{FULL_GROUP, OutcomeRecorder};
+
+    let stack = Stack::start(0, 0, test_sender_config()).await;
+    let id = stack.create_campaign(json!({"provider": "log"})).await;
+    stack.import(id, FULL_GROUP + 1).await;
+    assert_eq!(stack.transition(id, "start").await.0, 200);
+    let pool = stack.env.pool();
+    let token = Uuid::new_v4();
+    let batch = batch_spanning_campaign(id, FULL_GROUP as i64 + 1);
+    let claimed = claim_batch(&pool, &batch, token, 30.0).await.unwrap();
+    assert_eq!(claimed.len(), FULL_GROUP + 1);
+    let sent = |id: i64| RecipientOutcome {
+        id,
+        sent: true,
+        provider_message_id: None,
+        error: None,
+        attempts: 1,
+    };
+    let marked = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM recipients WHERE campaign_id = $1 AND status = 'sent'",
+        )
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+
+    // A linger far longer than the test: only a full group may start a write.
+    let patient = OutcomeRecorder::start(
+        pool.clone(),
+        Duration::from_secs(3600),
+        Duration::from_secs(5),
+    );
+    let mut recording = patient.batch(id, token);
+    for row in &claimed[..FULL_GROUP - 1] {
+        recording.record(sent(row.id)).unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(marked().await, 0, "a group short of full was written early");
+    recording.record(sent(claimed[FULL_GROUP - 1].id)).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), recording.flushed())
+        .await
+        .expect("a full group is written without waiting for the linger")
+        .unwrap();
+    assert_eq!(marked().await, FULL_GROUP as i64);
+
+    // A lone outcome is written once its linger ends.
+    let brief = OutcomeRecorder::start(
+        pool.clone(),
+        Duration::from_millis(20),
+        Duration::from_secs(5),
+    );
+    let mut recording = brief.batch(id, token);
+    recording.record(sent(claimed[FULL_GROUP].id)).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), recording.flushed())
+        .await
+        .expect("a lone outcome is written after the linger")
+        .unwrap();
+    assert_eq!(marked().await, FULL_GROUP as i64 + 1);
+    stack.stop().await;
+}

@@ -37,6 +37,30 @@ impl OutboundMessage {
     }
 }
 
+/// What the webhook provider receives (and the log provider prints): a typed
+/// body, serialized straight from the message without an intermediate
+/// `serde_json::Value`, since it is built once per request.
+#[derive(serde::Serialize)]
+struct WebhookBody<'a> {
+    campaign_id: Uuid,
+    recipient_id: i64,
+    address: &'a str,
+    message: &'a str,
+    idempotency_key: &'a str,
+}
+
+impl<'a> WebhookBody<'a> {
+    fn of(message: &'a OutboundMessage, idempotency_key: &'a str) -> Self {
+        Self {
+            campaign_id: message.campaign_id,
+            recipient_id: message.recipient_id,
+            address: &message.address,
+            message: &message.body,
+            idempotency_key,
+        }
+    }
+}
+
 /// The result of one attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Attempt {
@@ -132,13 +156,9 @@ impl Dispatcher {
         let started = Instant::now();
         let attempt = match channel {
             Channel::Log => {
-                let line = serde_json::json!({
-                    "campaign_id": message.campaign_id,
-                    "recipient_id": message.recipient_id,
-                    "address": message.address,
-                    "message": message.body,
-                    "idempotency_key": message.idempotency_key(),
-                });
+                let key = message.idempotency_key();
+                let line =
+                    serde_json::to_string(&WebhookBody::of(message, &key)).unwrap_or_default();
                 let mut out = std::io::stdout().lock();
                 match writeln!(out, "{line}") {
                     Ok(()) => Attempt::Accepted {
@@ -151,19 +171,13 @@ impl Dispatcher {
                 }
             }
             Channel::Webhook { url, secret } => {
-                let body = serde_json::to_vec(&serde_json::json!({
-                    "campaign_id": message.campaign_id,
-                    "recipient_id": message.recipient_id,
-                    "address": message.address,
-                    "message": message.body,
-                    "idempotency_key": message.idempotency_key(),
-                }))
-                .unwrap_or_default();
+                let key = message.idempotency_key();
+                let body = serde_json::to_vec(&WebhookBody::of(message, &key)).unwrap_or_default();
                 let mut request = self
                     .http
                     .post(url)
                     .header("content-type", "application/json")
-                    .header("idempotency-key", message.idempotency_key());
+                    .header("idempotency-key", key);
                 if let Some(secret) = secret {
                     request = request.header("x-herald-signature", sign(secret, &body));
                 }

@@ -76,6 +76,12 @@ pub struct SenderConfig {
     /// Timeout of one provider request, in ms.
     #[arg(long, env = "HERALD_PROVIDER_TIMEOUT_MS", default_value_t = 30000)]
     pub provider_timeout_ms: u64,
+
+    /// How long a finished dispatch's outcome may wait for others to share its
+    /// ledger write, in ms (0: write at once). Longer means fewer, larger writes,
+    /// and more requests repeated (same idempotency key) after a `kill -9`.
+    #[arg(long, env = "HERALD_OUTCOME_LINGER_MS", default_value_t = 10)]
+    pub outcome_linger_ms: u64,
 }
 
 impl Default for SenderConfig {
@@ -90,6 +96,7 @@ impl Default for SenderConfig {
             retry_base_ms: 1000,
             retry_max_ms: 30000,
             provider_timeout_ms: 30000,
+            outcome_linger_ms: 10,
         }
     }
 }
@@ -180,7 +187,11 @@ impl Sender {
                 cache: StatusCache::new(pool.clone(), Duration::from_millis(config.status_ttl_ms)),
                 dispatcher: Dispatcher::new(Duration::from_millis(config.provider_timeout_ms))?,
                 dispatch_slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
-                recorder: OutcomeRecorder::start(pool.clone(), RECORD_RETRY_LIMIT),
+                recorder: OutcomeRecorder::start(
+                    pool.clone(),
+                    Duration::from_millis(config.outcome_linger_ms),
+                    RECORD_RETRY_LIMIT,
+                ),
                 plans: Mutex::new(HashMap::new()),
                 applied: Mutex::new(Vec::new()),
                 pool,
@@ -458,7 +469,8 @@ impl Sender {
         // Outcomes are written as they complete, with those of the replica's other
         // batches (see `recorder`), not once at the end of the batch. A `kill -9`
         // then repeats at the provider only the requests in flight at that
-        // instant, not every request the batch had already made.
+        // instant and those of the last linger, not every request the batch had
+        // already made.
         let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel();
         let mut unsent = Vec::new();
         let dispatching = async {
