@@ -7,11 +7,6 @@
 
 mod cli;
 
-// mimalloc instead of glibc malloc: the services allocate per request, and glibc
-// spent ~16% of a sender's CPU in malloc/free plus waits on its arena locks.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use clap::{Parser, Subcommand};
 use herald_api::ApiConfig;
 use herald_core::CancellationToken;
@@ -19,6 +14,11 @@ use herald_core::config::CommonConfig;
 use herald_core::control::ControlConfig;
 use herald_packer::PackerConfig;
 use herald_sender::SenderConfig;
+
+// mimalloc instead of glibc malloc: the services allocate per request, and glibc
+// spent ~16% of a sender's CPU in malloc/free plus waits on its arena locks.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(
