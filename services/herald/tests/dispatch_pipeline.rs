@@ -650,3 +650,55 @@ async fn outcomes_wait_to_share_one_write_until_a_full_group_is_queued_or_the_li
     assert_eq!(marked().await, FULL_GROUP as i64 + 1);
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn a_claim_that_meets_rows_another_claim_is_taking_waits_and_then_claims_none_of_them() {
+    use herald_sender::ledger::claim_batch;
+
+    let stack = Stack::start(0, 0, test_sender_config()).await;
+    let id = stack.create_campaign(json!({"provider": "log"})).await;
+    stack.import(id, 200).await;
+    assert_eq!(stack.transition(id, "start").await.0, 200);
+    let pool = stack.env.pool();
+    let batch = batch_spanning_campaign(id, 200);
+
+    // The first claim has updated every row but not committed yet.
+    let mut first = pool.begin().await.unwrap();
+    let taken = claim_batch(&mut *first, &batch, Uuid::new_v4(), 30.0)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 200);
+    // A duplicate of the batch arrives meanwhile on another connection.
+    let second = tokio::spawn({
+        let (pool, batch) = (pool.clone(), batch.clone());
+        async move { claim_batch(&pool, &batch, Uuid::new_v4(), 30.0).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "the duplicate claim must wait for the rows the first claim holds"
+    );
+    first.commit().await.unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(30), second)
+        .await
+        .expect("the duplicate claim returns once the first commits")
+        .unwrap()
+        .unwrap();
+    assert!(
+        again.is_empty(),
+        "{} rows were claimed a second time",
+        again.len()
+    );
+    let (pending, sending): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'sending')
+         FROM recipients WHERE campaign_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((pending, sending), (0, 200));
+    let body = stack.campaign(id).await;
+    assert_counters_match_ledger(&pool, id, &body).await;
+    stack.stop().await;
+}

@@ -41,12 +41,23 @@ fn counter_shard(lease_token: Uuid) -> i16 {
 /// but they conflict with the transition's `FOR UPDATE`, so a claim that races a
 /// pause either commits before the pause does, or waits and then sees `paused` and
 /// claims nothing. Rows held by a live lease elsewhere are skipped, so a duplicated
-/// batch claims nothing twice. The same statement records the lease (one
-/// `recipient_leases` row, which the packer's sweep finds if this replica dies)
-/// and moves the claimed rows from pending to sending in this lease's counter
-/// shard.
-pub async fn claim_batch(
-    pool: &PgPool,
+/// batch claims nothing twice.
+///
+/// Each row is taken by an `UPDATE` whose own condition repeats what the row must
+/// still be (`pending`, or `sending` under an expired lease). A claim that meets a
+/// row another claim is updating waits for it, and Postgres then re-checks that
+/// condition against the committed row, which no longer holds. The rows are not
+/// locked first (`FOR UPDATE SKIP LOCKED`): that wrote every claimed row twice, a
+/// lock and then the update, for about 5-15% of the ledger's throughput
+/// (docs/BENCHMARKS.md). Fresh rows and taken-over rows are separate updates, so
+/// the counters know what each row was when it was taken.
+///
+/// The same statement records the lease (one `recipient_leases` row, which the
+/// packer's sweep finds if this replica dies) and moves the fresh rows from
+/// pending to sending in this lease's counter shard. It runs on `executor`: a
+/// pool, or a transaction.
+pub async fn claim_batch<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
     batch: &SendBatch,
     lease_token: Uuid,
     lease_seconds: f64,
@@ -59,20 +70,30 @@ pub async fn claim_batch(
              WHERE r.campaign_id = $1 AND r.id BETWEEN $2 AND $3 AND EXISTS (SELECT 1 FROM camp)
                AND (r.status = 'pending' OR (r.status = 'sending' AND r.lease_expires_at < now()))
              ORDER BY r.id LIMIT $6
-             FOR UPDATE OF r SKIP LOCKED
-         ), upd AS (
+         ), fresh AS (
              UPDATE recipients r SET status = 'sending', lease_token = $4,
                     lease_expires_at = now() + make_interval(secs => $5), claimed_at = clock_timestamp(),
                     updated_at = now()
-             FROM cand WHERE r.campaign_id = $1 AND r.id = cand.id
-             RETURNING r.id, r.address, r.variables, cand.prev
+             FROM cand WHERE cand.prev = 'pending' AND r.campaign_id = $1 AND r.id = cand.id
+               AND r.status = 'pending'
+             RETURNING r.id, r.address, r.variables
+         ), taken_over AS (
+             UPDATE recipients r SET status = 'sending', lease_token = $4,
+                    lease_expires_at = now() + make_interval(secs => $5), claimed_at = clock_timestamp(),
+                    updated_at = now()
+             FROM cand WHERE cand.prev = 'sending' AND r.campaign_id = $1 AND r.id = cand.id
+               AND r.status = 'sending' AND r.lease_expires_at < now()
+             RETURNING r.id, r.address, r.variables
+         ), upd AS (
+             SELECT id, address, variables FROM fresh
+             UNION ALL SELECT id, address, variables FROM taken_over
          ), lease AS (
              INSERT INTO recipient_leases (lease_token, campaign_id, first_id, last_id, expires_at)
              SELECT $4, $1, min(id), max(id), now() + make_interval(secs => $5) FROM upd
              HAVING count(*) > 0
          ), counted AS (
              INSERT INTO campaign_counter_deltas AS d (campaign_id, shard, pending, sending)
-             SELECT $1, $7, -count(*), count(*) FROM upd WHERE prev = 'pending'
+             SELECT $1, $7, -count(*), count(*) FROM fresh
              HAVING count(*) > 0
              ON CONFLICT (campaign_id, shard) DO UPDATE SET
                  pending = d.pending + excluded.pending, sending = d.sending + excluded.sending,
@@ -87,7 +108,7 @@ pub async fn claim_batch(
     .bind(lease_seconds)
     .bind(claim_limit(batch))
     .bind(counter_shard(lease_token))
-    .fetch_all(pool)
+    .fetch_all(executor)
     .await?;
     rows.iter()
         .map(|r| {
