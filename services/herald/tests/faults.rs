@@ -224,8 +224,9 @@ async fn killing_senders_mid_batch_loses_no_recipient_and_repeats_only_requests_
     // idempotency key. Nothing else may repeat: only requests that started shortly
     // before a kill (or reached the provider while the victim died), and no more
     // than each victim's in-flight requests plus the outcomes of one pending
-    // ledger write. Recording once per batch, as Herald did before, repeated
-    // whole batches (about 700 requests for these three kills).
+    // ledger write (at most one linger's worth, 10 ms). Recording once per batch,
+    // as Herald did before, repeated whole batches (about 700 requests for these
+    // three kills).
     let repeats = repeated_keys(&provider);
     let requests = provider.requests();
     let in_flight_window = Duration::from_secs(1);
