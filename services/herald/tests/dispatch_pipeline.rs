@@ -702,3 +702,62 @@ async fn a_claim_that_meets_rows_another_claim_is_taking_waits_and_then_claims_n
     assert_counters_match_ledger(&pool, id, &body).await;
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn the_sweep_completes_a_campaign_whose_last_completion_check_never_ran() {
+    use herald_sender::ledger::{RecipientOutcome, claim_batch, finish_lease, mark_outcomes};
+
+    let stack = Stack::start(0, 0, test_sender_config()).await;
+    let id = stack.create_campaign(json!({"provider": "log"})).await;
+    stack.import(id, 30).await;
+    assert_eq!(stack.transition(id, "start").await.0, 200);
+    let pool = stack.env.pool();
+
+    // Every row is sent and recorded, but the sender that wrote the last outcomes
+    // lost Postgres before its completion check: nothing is open, yet the
+    // campaign still says sending. It is fully packed and has been quiet for
+    // longer than the stall period.
+    let token = Uuid::new_v4();
+    let claimed = claim_batch(&pool, &batch_spanning_campaign(id, 30), token, 30.0)
+        .await
+        .unwrap();
+    let outcomes: Vec<RecipientOutcome> = claimed
+        .iter()
+        .map(|row| RecipientOutcome {
+            id: row.id,
+            sent: true,
+            provider_message_id: None,
+            error: None,
+            attempts: 1,
+        })
+        .collect();
+    assert_eq!(
+        mark_outcomes(&pool, id, token, &outcomes).await.unwrap(),
+        30
+    );
+    assert!(finish_lease(&pool, id, token).await.unwrap().is_done());
+    for sql in [
+        "UPDATE campaigns SET packed_epoch = run_epoch, pack_epoch = run_epoch,
+                              pack_cursor = 9223372036854775807,
+                              updated_at = now() - interval '1 hour' WHERE id = $1",
+        "UPDATE campaign_counter_deltas SET updated_at = now() - interval '1 hour'
+         WHERE campaign_id = $1",
+    ] {
+        sqlx::query(sql).bind(id).execute(&pool).await.unwrap();
+    }
+    assert_eq!(stack.campaign(id).await["status"], "sending");
+
+    // One sweep, and nothing else: no pack request is handled here.
+    let packer = herald_packer::Packer::new(
+        pool.clone(),
+        stack.env.bus().await,
+        "sweeper".into(),
+        test_packer_config(),
+    );
+    packer.sweep().await.unwrap();
+    let body = stack
+        .wait_for_status(id, Status::Completed, Duration::from_secs(10))
+        .await;
+    assert_counters_match_ledger(&pool, id, &body).await;
+    stack.stop().await;
+}

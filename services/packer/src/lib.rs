@@ -233,18 +233,19 @@ async fn stranded_page(
         .await
 }
 
-/// Fully packed campaigns with pending rows and no ledger progress for a while.
+/// Fully packed campaigns with nothing in flight and no ledger progress for a
+/// while, with how many rows they still have pending.
 async fn stalled_campaigns(
     pool: &PgPool,
     stall_seconds: f64,
-) -> Result<Vec<(Uuid, i32)>, sqlx::Error> {
+) -> Result<Vec<(Uuid, i32, i64)>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT c.id, c.run_epoch FROM campaigns c
+        "SELECT c.id, c.run_epoch, (c.pending_count + coalesce(sum(d.pending), 0))::bigint
+         FROM campaigns c
          LEFT JOIN campaign_counter_deltas d ON d.campaign_id = c.id
          WHERE c.status = 'sending' AND c.packed_epoch = c.run_epoch
          GROUP BY c.id
-         HAVING c.pending_count + coalesce(sum(d.pending), 0) > 0
-            AND c.sending_count + coalesce(sum(d.sending), 0) = 0
+         HAVING c.sending_count + coalesce(sum(d.sending), 0) = 0
             AND greatest(c.updated_at, max(d.updated_at)) < now() - make_interval(secs => $1)",
     )
     .bind(stall_seconds)
@@ -438,8 +439,9 @@ impl Packer {
         StepOutcome::Ack
     }
 
-    /// One sweep: re-batches expired leases and stalled pending rows. Harmless when
-    /// several replicas sweep at once: the sender's claim decides.
+    /// One sweep: re-batches expired leases and stalled pending rows, and completes
+    /// a stalled campaign with nothing open. Harmless when several replicas sweep
+    /// at once: the sender's claim and the completion transition decide.
     pub async fn sweep(&self) -> Result<usize, sqlx::Error> {
         let pool = &self.inner.pool;
         let mut published = 0;
@@ -452,12 +454,25 @@ impl Packer {
                 .await?;
         }
         let stall = self.inner.config.stall_seconds as f64;
-        for (campaign, epoch) in stalled_campaigns(pool, stall).await? {
-            tracing::warn!(campaign_id = %campaign, "campaign stalled with pending rows; re-batching them");
+        for (campaign, epoch, pending) in stalled_campaigns(pool, stall).await? {
+            // Touched first, so a campaign comes back at most once per stall period.
             touch_campaign(pool, campaign).await?;
-            published += self
-                .rebatch_stranded(campaign, epoch, Stranded::Pending)
-                .await?;
+            if pending > 0 {
+                tracing::warn!(campaign_id = %campaign, "campaign stalled with pending rows; re-batching them");
+                published += self
+                    .rebatch_stranded(campaign, epoch, Stranded::Pending)
+                    .await?;
+            } else {
+                // Nothing open, yet still sending: the completion check of its last
+                // batch did not run (Postgres was unreachable at that moment, or
+                // the sender died right after its last write).
+                tracing::warn!(campaign_id = %campaign, "campaign stalled with nothing open; completing it");
+                if let Err(error) =
+                    complete_if_done(&self.inner.lifecycle, campaign, "packer").await
+                {
+                    tracing::warn!(campaign_id = %campaign, %error, "completion check failed");
+                }
+            }
         }
         Ok(published)
     }

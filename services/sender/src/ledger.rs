@@ -244,31 +244,34 @@ pub async fn mark_leased_outcomes(
     Ok(rows.into_iter().collect())
 }
 
-/// The campaign's open counts as committed now: its columns plus its shards.
-/// Read after a batch's writes have committed, so whichever batch commits last
-/// sees every other batch's writes and can complete the campaign.
-pub async fn open_counts(pool: &PgPool, campaign_id: Uuid) -> Result<OpenCounts, sqlx::Error> {
+/// Ends a finished batch's lease and reads what is left open in its campaign, in
+/// one statement.
+///
+/// Every row the lease claimed is marked or released by now, so its
+/// `recipient_leases` row has nothing left to guard for the sweep. The counts are
+/// the campaign's columns plus its shards as committed when the statement starts,
+/// after this batch's own writes: whichever batch finishes last sees every other
+/// batch's writes and can complete the campaign.
+pub async fn finish_lease(
+    pool: &PgPool,
+    campaign_id: Uuid,
+    lease_token: Uuid,
+) -> Result<OpenCounts, sqlx::Error> {
     let (pending, sending): (i64, i64) = sqlx::query_as(
-        "SELECT c.pending_count + coalesce(sum(d.pending), 0)::bigint,
+        "WITH ended AS (
+             DELETE FROM recipient_leases WHERE lease_token = $2
+         )
+         SELECT c.pending_count + coalesce(sum(d.pending), 0)::bigint,
                 c.sending_count + coalesce(sum(d.sending), 0)::bigint
          FROM campaigns c LEFT JOIN campaign_counter_deltas d ON d.campaign_id = c.id
          WHERE c.id = $1 GROUP BY c.id",
     )
     .bind(campaign_id)
+    .bind(lease_token)
     .fetch_optional(pool)
     .await?
     .unwrap_or((0, 0));
     Ok(OpenCounts { pending, sending })
-}
-
-/// Forgets a finished batch's lease row: every row it claimed is now marked or
-/// released, so there is nothing left for the sweep to find.
-pub async fn end_lease(pool: &PgPool, lease_token: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM recipient_leases WHERE lease_token = $1")
-        .bind(lease_token)
-        .execute(pool)
-        .await?;
-    Ok(())
 }
 
 /// The campaign as a release left it.

@@ -530,14 +530,12 @@ impl Sender {
         let failed = recorded.failed;
         self.track(&batch, claimed_count, sent, failed, unsent.len() as i64)
             .await;
-        // Every claimed row is marked or released: the lease row has nothing left
-        // to guard. If deleting it fails, the sweep drops it once it expires.
-        if let Err(error) = ledger::end_lease(&self.inner.pool, lease_token).await {
-            tracing::warn!(campaign_id = %campaign, %error, "could not delete the lease row");
-        }
-        // Read after this batch's writes committed: the batch that commits last
-        // sees all the others' and completes the campaign.
-        match ledger::open_counts(&self.inner.pool, campaign).await {
+        // Every claimed row is marked or released, so the lease row goes. The
+        // counts are read after this batch's writes committed: the batch that
+        // finishes last sees all the others' and completes the campaign. If this
+        // fails, the sweep drops the lease row once it expires and completes a
+        // campaign left with nothing open.
+        match ledger::finish_lease(&self.inner.pool, campaign, lease_token).await {
             Ok(open) if open.is_done() => {
                 if let Err(error) =
                     complete_if_done(&self.inner.lifecycle, campaign, "sender").await

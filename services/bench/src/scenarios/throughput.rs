@@ -5,9 +5,9 @@
 //! - (a) the sink alone, driven by a plain reqwest client at the same total
 //!   concurrency as the senders (`senders x concurrency`): what the provider side
 //!   of this machine can take;
-//! - (b) the ledger alone: `claim_batch` + `mark_outcomes` at the same batch size on
-//!   a prepared campaign, with one connection and with one connection per batch
-//!   in flight (`senders x batches`): what Postgres can take.
+//! - (b) the ledger alone: `claim_batch` + `mark_outcomes` + `finish_lease` at the
+//!   same batch size on a prepared campaign, with one connection and with one
+//!   connection per batch in flight (`senders x batches`): what Postgres can take.
 //!
 //! End to end is reported as a percentage of the slower of the two.
 
@@ -193,7 +193,7 @@ pub async fn ledger_alone(
                     })
                     .collect();
                 let written = ledger::mark_outcomes(&pool, campaign, token, &outcomes).await?;
-                ledger::end_lease(&pool, token).await?;
+                ledger::finish_lease(&pool, campaign, token).await?;
                 done.fetch_add(written as u64, Ordering::Relaxed);
             }
         }));
