@@ -224,7 +224,7 @@ async fn killing_senders_mid_batch_loses_no_recipient_and_repeats_only_requests_
     // idempotency key. Nothing else may repeat: only requests that started shortly
     // before a kill (or reached the provider while the victim died), and no more
     // than each victim's in-flight requests plus the outcomes of one pending
-    // ledger write (at most one linger's worth, 10 ms). Recording once per batch,
+    // ledger write (at most one linger's worth, 20 ms). Recording once per batch,
     // as Herald did before, repeated whole batches (about 700 requests for these
     // three kills).
     let repeats = repeated_keys(&provider);

@@ -80,7 +80,7 @@ pub struct SenderConfig {
     /// How long a finished dispatch's outcome may wait for others to share its
     /// ledger write, in ms (0: write at once). Longer means fewer, larger writes,
     /// and more requests repeated (same idempotency key) after a `kill -9`.
-    #[arg(long, env = "HERALD_OUTCOME_LINGER_MS", default_value_t = 10)]
+    #[arg(long, env = "HERALD_OUTCOME_LINGER_MS", default_value_t = 20)]
     pub outcome_linger_ms: u64,
 }
 
@@ -96,7 +96,7 @@ impl Default for SenderConfig {
             retry_base_ms: 1000,
             retry_max_ms: 30000,
             provider_timeout_ms: 30000,
-            outcome_linger_ms: 10,
+            outcome_linger_ms: 20,
         }
     }
 }
