@@ -409,6 +409,60 @@ async fn with_the_fast_path_off_a_pause_still_takes_effect_within_the_status_ttl
 }
 
 #[tokio::test]
+async fn with_the_fast_path_off_a_resume_sends_the_rest_at_once_although_senders_cached_paused() {
+    let provider = ProviderDouble::start(Duration::from_millis(10)).await;
+    let ttl = Duration::from_secs(2);
+    let mut sender = SenderConfig {
+        concurrency: 8,
+        status_ttl_ms: ttl.as_millis() as u64,
+        ..test_sender_config()
+    };
+    sender.control.control_fast_path = false;
+    let stack = Stack::start(1, 2, sender).await;
+    let id = stack.create_campaign(provider.webhook_channel()).await;
+    stack.import(id, 10_000).await;
+    assert_eq!(stack.transition(id, "start").await.0, 200);
+    wait_for_requests(&provider, 100).await;
+    assert_eq!(stack.transition(id, "pause").await.0, 200);
+    wait_until_quiet(&provider).await;
+    let before_resume = provider.requests().len();
+    assert!(
+        before_resume < 6_000,
+        "the pause came too late to leave work for the resume ({before_resume} sent)"
+    );
+    // Once their cached "sending" has expired, the senders meet batches of the
+    // paused campaign (redelivered ones, say), read "paused" and keep it for a
+    // TTL. The resume lands inside that window.
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    let bus = stack.env.bus().await;
+    for _ in 0..10 {
+        bus.publish_contract(
+            bus.subjects.send(),
+            &herald_core::contracts::SendBatch {
+                first_recipient_id: 1,
+                ..batch_spanning_campaign(id, 200)
+            },
+            &Uuid::new_v4().to_string(),
+            None,
+        )
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stack.transition(id, "resume").await.0, 200);
+    // The batches that resume packs reach senders whose cache still says paused.
+    // They re-read Postgres instead of dropping them, so the rest goes now, not
+    // after the packer's stall sweep (30 s here) finds the rows left pending.
+    let body = stack
+        .wait_for_status(id, Status::Completed, Duration::from_secs(25))
+        .await;
+    assert!(provider.requests().len() > before_resume);
+    assert_each_recipient_sent_once(&provider, 10_000);
+    assert_counters_match_ledger(&stack.env.pool(), id, &body).await;
+    stack.stop().await;
+}
+
+#[tokio::test]
 async fn a_malformed_send_batch_is_dead_lettered_and_the_sender_keeps_working() {
     let provider = ProviderDouble::start(Duration::ZERO).await;
     let stack = Stack::start(1, 1, test_sender_config()).await;

@@ -407,7 +407,16 @@ impl Sender {
     /// The step: handle one send batch. Claims, dispatches, records, reports.
     pub async fn handle_batch(&self, batch: SendBatch, delivery: Option<Delivery>) -> StepOutcome {
         let campaign = batch.campaign_id;
-        match self.inner.cache.is_sendable(campaign).await {
+        let sendable = match self.inner.cache.is_sendable(campaign).await {
+            // A cached "paused" may predate a resume whose control message has not
+            // arrived yet (or never will, with the fast path off or NATS's control
+            // path down): the batches that resume packs would be dropped and the
+            // campaign would wait for the stall sweep. Drop a batch only on
+            // Postgres's word.
+            Ok(false) => self.inner.cache.refresh(campaign).await,
+            known => known,
+        };
+        match sendable {
             Ok(true) => {}
             // Paused or stopped: nothing to claim; resume re-packs what is left.
             Ok(false) => return StepOutcome::Ack,

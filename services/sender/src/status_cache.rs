@@ -54,6 +54,12 @@ impl StatusCache {
         if let Some(status) = self.cached(campaign) {
             return Ok(status == Some(Status::Sending));
         }
+        self.refresh(campaign).await
+    }
+
+    /// Reads the campaign's status from Postgres now, whatever the cache holds, and
+    /// keeps it for the next checks. True if it is sending.
+    pub async fn refresh(&self, campaign: Uuid) -> Result<bool, sqlx::Error> {
         let status = herald_core::campaigns::fetch_status(&self.pool, campaign).await?;
         self.entries.lock().expect("status cache lock").insert(
             campaign,
