@@ -359,22 +359,34 @@ async fn provider_failures_are_retried_or_recorded_as_the_contract_says() {
     stack.stop().await;
 }
 
-#[tokio::test]
-async fn with_the_fast_path_off_a_pause_still_takes_effect_within_the_status_ttl() {
+/// A campaign sent by two senders without the control fast path (each trusts
+/// its cached status for `ttl`) to a provider that takes 10 ms per request,
+/// paused once 100 requests have arrived.
+async fn paused_without_the_fast_path(
+    ttl: Duration,
+    concurrency: usize,
+    recipients: usize,
+) -> (ProviderDouble, Stack, Uuid) {
     let provider = ProviderDouble::start(Duration::from_millis(10)).await;
-    let ttl = Duration::from_millis(1000);
     let mut sender = SenderConfig {
-        concurrency: 4,
+        concurrency,
         status_ttl_ms: ttl.as_millis() as u64,
         ..test_sender_config()
     };
     sender.control.control_fast_path = false;
     let stack = Stack::start(1, 2, sender).await;
     let id = stack.create_campaign(provider.webhook_channel()).await;
-    stack.import(id, 5_000).await;
+    stack.import(id, recipients).await;
     assert_eq!(stack.transition(id, "start").await.0, 200);
     wait_for_requests(&provider, 100).await;
     assert_eq!(stack.transition(id, "pause").await.0, 200);
+    (provider, stack, id)
+}
+
+#[tokio::test]
+async fn with_the_fast_path_off_a_pause_still_takes_effect_within_the_status_ttl() {
+    let ttl = Duration::from_millis(1000);
+    let (provider, stack, id) = paused_without_the_fast_path(ttl, 4, 5_000).await;
     let answered = Instant::now();
     let answered_at = chrono::Utc::now();
     wait_until_quiet(&provider).await;
@@ -410,20 +422,8 @@ async fn with_the_fast_path_off_a_pause_still_takes_effect_within_the_status_ttl
 
 #[tokio::test]
 async fn with_the_fast_path_off_a_resume_sends_the_rest_at_once_although_senders_cached_paused() {
-    let provider = ProviderDouble::start(Duration::from_millis(10)).await;
     let ttl = Duration::from_secs(2);
-    let mut sender = SenderConfig {
-        concurrency: 8,
-        status_ttl_ms: ttl.as_millis() as u64,
-        ..test_sender_config()
-    };
-    sender.control.control_fast_path = false;
-    let stack = Stack::start(1, 2, sender).await;
-    let id = stack.create_campaign(provider.webhook_channel()).await;
-    stack.import(id, 10_000).await;
-    assert_eq!(stack.transition(id, "start").await.0, 200);
-    wait_for_requests(&provider, 100).await;
-    assert_eq!(stack.transition(id, "pause").await.0, 200);
+    let (provider, stack, id) = paused_without_the_fast_path(ttl, 8, 10_000).await;
     wait_until_quiet(&provider).await;
     let before_resume = provider.requests().len();
     assert!(
