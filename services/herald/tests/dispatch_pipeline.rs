@@ -60,6 +60,27 @@ fn batch_spanning_campaign(campaign: Uuid, declared: i64) -> herald_core::contra
     }
 }
 
+/// A started campaign of `recipients` rows on a stack with no packer and no
+/// sender: the test drives the ledger itself.
+async fn sending_without_workers(channel: serde_json::Value, recipients: usize) -> (Stack, Uuid) {
+    let stack = Stack::start(0, 0, test_sender_config()).await;
+    let id = stack.create_campaign(channel).await;
+    stack.import(id, recipients).await;
+    assert_eq!(stack.transition(id, "start").await.0, 200);
+    (stack, id)
+}
+
+/// A recipient the provider accepted on the first attempt.
+fn sent_outcome(id: i64) -> herald_sender::ledger::RecipientOutcome {
+    herald_sender::ledger::RecipientOutcome {
+        id,
+        sent: true,
+        provider_message_id: None,
+        error: None,
+        attempts: 1,
+    }
+}
+
 fn assert_each_recipient_sent_once(provider: &ProviderDouble, expected: usize) {
     let per_key = provider.per_key();
     let twice: Vec<_> = per_key.iter().filter(|(_, n)| **n > 1).collect();
@@ -514,10 +535,7 @@ async fn a_malformed_send_batch_is_dead_lettered_and_the_sender_keeps_working() 
 
 #[tokio::test]
 async fn a_claim_that_races_a_pause_waits_for_it_and_then_claims_nothing() {
-    let stack = Stack::start(0, 0, test_sender_config()).await;
-    let id = stack.create_campaign(json!({"provider": "log"})).await;
-    stack.import(id, 50).await;
-    assert_eq!(stack.transition(id, "start").await.0, 200);
+    let (stack, id) = sending_without_workers(json!({"provider": "log"}), 50).await;
     let pool = stack.env.pool();
     let batch = batch_spanning_campaign(id, 50);
     // A pause in the middle of its transaction: the row lock is held, not yet committed.
@@ -573,10 +591,7 @@ async fn a_claim_that_races_a_pause_waits_for_it_and_then_claims_nothing() {
 
 #[tokio::test]
 async fn a_batch_claims_at_most_twice_its_declared_size_whatever_its_id_range() {
-    let stack = Stack::start(0, 0, test_sender_config()).await;
-    let id = stack.create_campaign(json!({"provider": "log"})).await;
-    stack.import(id, 100).await;
-    assert_eq!(stack.transition(id, "start").await.0, 200);
+    let (stack, id) = sending_without_workers(json!({"provider": "log"}), 100).await;
     // A schema-valid batch whose range spans the whole campaign but declares 5 rows.
     let wide = batch_spanning_campaign(id, 5);
     let claimed =
@@ -590,10 +605,7 @@ async fn a_batch_claims_at_most_twice_its_declared_size_whatever_its_id_range() 
 #[tokio::test]
 async fn rows_held_by_a_sender_that_died_are_sent_once_after_the_sweep_finds_its_expired_lease() {
     let provider = ProviderDouble::start(Duration::ZERO).await;
-    let stack = Stack::start(0, 0, test_sender_config()).await;
-    let id = stack.create_campaign(provider.webhook_channel()).await;
-    stack.import(id, 40).await;
-    assert_eq!(stack.transition(id, "start").await.0, 200);
+    let (stack, id) = sending_without_workers(provider.webhook_channel(), 40).await;
     let pool = stack.env.pool();
 
     // A sender claims every row under a short lease and dies without marking any.
@@ -641,25 +653,15 @@ async fn rows_held_by_a_sender_that_died_are_sent_once_after_the_sweep_finds_its
 
 #[tokio::test]
 async fn outcomes_wait_to_share_one_write_until_a_full_group_is_queued_or_the_linger_ends() {
-    use herald_sender::ledger::{RecipientOutcome, claim_batch};
+    use herald_sender::ledger::claim_batch;
     use herald_sender::recorder::{FULL_GROUP, OutcomeRecorder};
 
-    let stack = Stack::start(0, 0, test_sender_config()).await;
-    let id = stack.create_campaign(json!({"provider": "log"})).await;
-    stack.import(id, FULL_GROUP + 1).await;
-    assert_eq!(stack.transition(id, "start").await.0, 200);
+    let (stack, id) = sending_without_workers(json!({"provider": "log"}), FULL_GROUP + 1).await;
     let pool = stack.env.pool();
     let token = Uuid::new_v4();
     let batch = batch_spanning_campaign(id, FULL_GROUP as i64 + 1);
     let claimed = claim_batch(&pool, &batch, token, 30.0).await.unwrap();
     assert_eq!(claimed.len(), FULL_GROUP + 1);
-    let sent = |id: i64| RecipientOutcome {
-        id,
-        sent: true,
-        provider_message_id: None,
-        error: None,
-        attempts: 1,
-    };
     let marked = || async {
         sqlx::query_scalar::<_, i64>(
             "SELECT count(*) FROM recipients WHERE campaign_id = $1 AND status = 'sent'",
@@ -678,11 +680,13 @@ async fn outcomes_wait_to_share_one_write_until_a_full_group_is_queued_or_the_li
     );
     let mut recording = patient.batch(id, token);
     for row in &claimed[..FULL_GROUP - 1] {
-        recording.record(sent(row.id)).unwrap();
+        recording.record(sent_outcome(row.id)).unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(marked().await, 0, "a group short of full was written early");
-    recording.record(sent(claimed[FULL_GROUP - 1].id)).unwrap();
+    recording
+        .record(sent_outcome(claimed[FULL_GROUP - 1].id))
+        .unwrap();
     tokio::time::timeout(Duration::from_secs(30), recording.flushed())
         .await
         .expect("a full group is written without waiting for the linger")
@@ -696,7 +700,9 @@ async fn outcomes_wait_to_share_one_write_until_a_full_group_is_queued_or_the_li
         Duration::from_secs(5),
     );
     let mut recording = brief.batch(id, token);
-    recording.record(sent(claimed[FULL_GROUP].id)).unwrap();
+    recording
+        .record(sent_outcome(claimed[FULL_GROUP].id))
+        .unwrap();
     tokio::time::timeout(Duration::from_secs(30), recording.flushed())
         .await
         .expect("a lone outcome is written after the linger")
@@ -709,10 +715,7 @@ async fn outcomes_wait_to_share_one_write_until_a_full_group_is_queued_or_the_li
 async fn a_claim_that_meets_rows_another_claim_is_taking_waits_and_then_claims_none_of_them() {
     use herald_sender::ledger::claim_batch;
 
-    let stack = Stack::start(0, 0, test_sender_config()).await;
-    let id = stack.create_campaign(json!({"provider": "log"})).await;
-    stack.import(id, 200).await;
-    assert_eq!(stack.transition(id, "start").await.0, 200);
+    let (stack, id) = sending_without_workers(json!({"provider": "log"}), 200).await;
     let pool = stack.env.pool();
     let batch = batch_spanning_campaign(id, 200);
 
@@ -759,12 +762,9 @@ async fn a_claim_that_meets_rows_another_claim_is_taking_waits_and_then_claims_n
 
 #[tokio::test]
 async fn the_sweep_completes_a_campaign_whose_last_completion_check_never_ran() {
-    use herald_sender::ledger::{RecipientOutcome, claim_batch, finish_lease, mark_outcomes};
+    use herald_sender::ledger::{claim_batch, finish_lease, mark_outcomes};
 
-    let stack = Stack::start(0, 0, test_sender_config()).await;
-    let id = stack.create_campaign(json!({"provider": "log"})).await;
-    stack.import(id, 30).await;
-    assert_eq!(stack.transition(id, "start").await.0, 200);
+    let (stack, id) = sending_without_workers(json!({"provider": "log"}), 30).await;
     let pool = stack.env.pool();
 
     // Every row is sent and recorded, but the sender that wrote the last outcomes
@@ -775,16 +775,7 @@ async fn the_sweep_completes_a_campaign_whose_last_completion_check_never_ran() 
     let claimed = claim_batch(&pool, &batch_spanning_campaign(id, 30), token, 30.0)
         .await
         .unwrap();
-    let outcomes: Vec<RecipientOutcome> = claimed
-        .iter()
-        .map(|row| RecipientOutcome {
-            id: row.id,
-            sent: true,
-            provider_message_id: None,
-            error: None,
-            attempts: 1,
-        })
-        .collect();
+    let outcomes: Vec<_> = claimed.iter().map(|row| sent_outcome(row.id)).collect();
     assert_eq!(
         mark_outcomes(&pool, id, token, &outcomes).await.unwrap(),
         30
