@@ -8,7 +8,7 @@
 //! within one page. A periodic sweep re-batches rows whose lease expired (a sender
 //! crashed), so every recipient ends terminal.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -72,8 +72,10 @@ struct PackerInner {
     lifecycle: Lifecycle,
     config: PackerConfig,
     replica_id: String,
-    /// Campaigns a control message asked us to re-check before the next page.
-    recheck: Mutex<HashSet<Uuid>>,
+    /// Per campaign, how many pause or stop messages arrived. A paging loop
+    /// notes the count before it reads the campaign and re-reads Postgres before
+    /// its next page whenever the count moved (see [`Packer::told_to_stop`]).
+    control_generations: Mutex<HashMap<Uuid, u64>>,
     applied: Mutex<Vec<(Uuid, ControlAction)>>,
 }
 
@@ -294,7 +296,7 @@ impl Packer {
                 bus,
                 config,
                 replica_id,
-                recheck: Mutex::new(HashSet::new()),
+                control_generations: Mutex::new(HashMap::new()),
                 applied: Mutex::new(Vec::new()),
             }),
         }
@@ -320,11 +322,17 @@ impl Packer {
             signal.message.action,
             ControlAction::Pause | ControlAction::Stop
         ) {
-            self.inner
-                .recheck
+            let mut generations = self
+                .inner
+                .control_generations
                 .lock()
-                .expect("recheck lock")
-                .insert(campaign);
+                .expect("generations lock");
+            if generations.len() >= 100_000 {
+                // Forgetting counts is safe: a loop that noted a count now sees
+                // another one and re-reads Postgres once.
+                generations.clear();
+            }
+            *generations.entry(campaign).or_default() += 1;
         }
         let latency = (chrono::Utc::now() - signal.published_at)
             .num_microseconds()
@@ -339,17 +347,33 @@ impl Packer {
         applied.push((campaign, signal.message.action));
     }
 
-    /// True if a control message says to stop paging and Postgres agrees.
-    async fn told_to_stop(&self, campaign: Uuid, epoch: i32) -> Result<bool, sqlx::Error> {
-        if !self
-            .inner
-            .recheck
+    fn control_generation(&self, campaign: Uuid) -> u64 {
+        self.inner
+            .control_generations
             .lock()
-            .expect("recheck lock")
-            .remove(&campaign)
-        {
+            .expect("generations lock")
+            .get(&campaign)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// True if a pause or stop arrived since `seen` and Postgres agrees that
+    /// paging must stop. `seen` is the generation the caller's last read of the
+    /// campaign started under; it moves to the one this read starts under. A
+    /// message that arrives while this read is in flight moves the generation
+    /// again, so the next page re-reads: no message is consumed by a read that
+    /// may predate its transition.
+    async fn told_to_stop(
+        &self,
+        campaign: Uuid,
+        epoch: i32,
+        seen: &mut u64,
+    ) -> Result<bool, sqlx::Error> {
+        let current = self.control_generation(campaign);
+        if current == *seen {
             return Ok(false);
         }
+        *seen = current;
         let state = load_pack_state(&self.inner.pool, campaign).await?;
         Ok(!state.is_some_and(|s| s.status == Status::Sending && s.run_epoch == epoch))
     }
@@ -362,6 +386,8 @@ impl Packer {
     ) -> StepOutcome {
         let pool = &self.inner.pool;
         let campaign = request.campaign_id;
+        // Noted before the read: a pause that lands during it is seen below.
+        let mut seen_generation = self.control_generation(campaign);
         let state = match load_pack_state(pool, campaign).await {
             Ok(Some(state)) => state,
             Ok(None) => return StepOutcome::Ack,
@@ -374,11 +400,6 @@ impl Packer {
         {
             return StepOutcome::Ack;
         }
-        self.inner
-            .recheck
-            .lock()
-            .expect("recheck lock")
-            .remove(&campaign);
         let epoch = state.run_epoch;
         let mut cursor = if state.pack_epoch == epoch {
             state.pack_cursor
@@ -387,7 +408,10 @@ impl Packer {
         };
         let size = self.inner.config.batch_size.clamp(1, 100_000);
         loop {
-            match self.told_to_stop(campaign, epoch).await {
+            match self
+                .told_to_stop(campaign, epoch, &mut seen_generation)
+                .await
+            {
                 Ok(true) => return StepOutcome::Ack,
                 Ok(false) => {}
                 Err(_) => return retry_soon(),

@@ -111,6 +111,10 @@ pub struct AppliedControl {
 }
 
 /// What a campaign needs for dispatch; immutable once it is sending.
+///
+/// No control message resets this cache, and none needs to: only a draft can be
+/// edited, so a plan read at any time after the start is the plan for good. The
+/// pause race of the status cache cannot happen here.
 #[derive(Debug)]
 struct CampaignPlan {
     channel: Channel,
@@ -282,6 +286,10 @@ impl Sender {
 
     /// Waits for `delay`, but wakes early when a control message for the campaign
     /// arrives. Returns false if the campaign is no longer sendable.
+    ///
+    /// A control message that lands while this is re-checking (between two
+    /// `notified()` registrations) is not lost: it bumped the cache's generation,
+    /// so the re-check in flight reads Postgres again before it answers.
     async fn wait_unless_paused(&self, campaign: Uuid, delay: Duration) -> bool {
         let waker = self.inner.cache.waker(campaign);
         let deadline = tokio::time::Instant::now() + delay;

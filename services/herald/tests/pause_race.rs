@@ -1,0 +1,224 @@
+//! Pause and stop against status reads in flight (invariant 5: pause takes effect
+//! at once).
+//!
+//! A sender re-reads a campaign's status from Postgres every TTL. A read that
+//! began before a pause committed answers `sending`; if the pause's control
+//! message lands while that read is in flight, the read must not put the stale
+//! `sending` back over the invalidation. The first test holds one read open with
+//! the cache's read hook and races it deterministically. The pipeline tests pause
+//! and stop many times, at moments unrelated to the TTL, with three senders as
+//! separate processes, and check that no request starts late.
+//!
+//! Run with `cargo test -p herald --test pause_race`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt;
+use herald_sender::status_cache::StatusCache;
+use herald_testkit::faults::{ProcessStack, wait_until};
+use herald_testkit::{NatsServer, ProviderDouble, Stack, test_sender_config};
+use tokio::sync::{Notify, oneshot};
+use uuid::Uuid;
+
+fn herald() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_herald"))
+}
+
+#[tokio::test]
+async fn a_status_read_in_flight_when_a_pause_lands_does_not_keep_the_campaign_sendable() {
+    let stack = Stack::start(0, 0, test_sender_config()).await;
+    let provider = ProviderDouble::start(Duration::ZERO).await;
+    let id = stack.create_campaign(provider.webhook_channel()).await;
+    stack.import(id, 10).await;
+    assert_eq!(stack.transition(id, "start").await.0, 200);
+
+    // The first read, once Postgres has answered, tells the test and waits to be
+    // released before the cache stores its answer; later reads pass straight on.
+    let (answered_tx, answered_rx) = oneshot::channel::<()>();
+    let answered_tx = Arc::new(std::sync::Mutex::new(Some(answered_tx)));
+    let release = Arc::new(Notify::new());
+    let hook = {
+        let (answered_tx, release) = (answered_tx.clone(), release.clone());
+        Arc::new(move |_campaign: Uuid| {
+            let first = answered_tx.lock().unwrap().take();
+            let release = release.clone();
+            async move {
+                if let Some(answered) = first {
+                    let released = release.notified();
+                    let _ = answered.send(());
+                    released.await;
+                }
+            }
+            .boxed()
+        })
+    };
+    let cache = Arc::new(
+        StatusCache::new(stack.env.pool(), Duration::from_secs(60)).with_read_hook(hook),
+    );
+
+    let racing_read = tokio::spawn({
+        let cache = cache.clone();
+        async move { cache.is_sendable(id).await }
+    });
+    answered_rx.await.expect("the read reached Postgres");
+    // The read has its `sending`; now the pause commits and its control message
+    // invalidates the entry, all while the read is still in flight.
+    assert_eq!(stack.transition(id, "pause").await.0, 200);
+    cache.invalidate(id);
+    release.notify_waiters();
+
+    let racing = racing_read.await.expect("read task").expect("status read");
+    assert!(
+        !racing,
+        "the read that raced the pause answered `sending` after the invalidation"
+    );
+    assert!(
+        !cache.is_sendable(id).await.expect("status read"),
+        "the cache reports `sending` after the pause's control message"
+    );
+    stack.stop().await;
+}
+
+/// A campaign of `recipients` on `stack`, started.
+async fn started_campaign(stack: &ProcessStack, provider: &ProviderDouble, recipients: usize) -> Uuid {
+    let id = stack.create_campaign(provider.webhook_channel()).await;
+    stack.import(id, recipients).await;
+    assert_eq!(stack.transition(id, "start").await.0, 200);
+    id
+}
+
+/// Waits until the provider has seen `count` requests of `campaign`.
+async fn wait_for_campaign_requests(provider: &ProviderDouble, campaign: Uuid, count: usize) {
+    let campaign = campaign.to_string();
+    wait_until(
+        &format!("{count} requests of {campaign}"),
+        Duration::from_secs(60),
+        || async {
+            let seen = provider
+                .requests()
+                .iter()
+                .filter(|r| r.body["campaign_id"] == campaign.as_str())
+                .count();
+            (seen >= count).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Requests of `campaign` that started in `(from, until)`.
+fn started_between(
+    provider: &ProviderDouble,
+    campaign: Uuid,
+    from: Instant,
+    until: Instant,
+) -> Vec<Duration> {
+    let campaign = campaign.to_string();
+    provider
+        .requests()
+        .iter()
+        .filter(|r| r.body["campaign_id"] == campaign.as_str())
+        .filter(|r| r.started > from && r.started < until)
+        .map(|r| r.started - from)
+        .collect()
+}
+
+/// How late a request may start after a pause or stop response: the issue's
+/// bound, far above one control round trip and far below the status TTL (1 s
+/// in these stacks), which is how long a stale `sending` would be trusted.
+const LATE: Duration = Duration::from_millis(250);
+
+/// How long each pause lasts: longer than the status TTL, so a stale read
+/// would show as requests between `LATE` and the resume.
+const HELD: Duration = Duration::from_millis(1_300);
+
+/// Three senders with few requests in flight each, so their claimed rows last
+/// well past a pause and a stale status would keep them going.
+async fn three_sender_stack(nats: &NatsServer) -> ProcessStack {
+    ProcessStack::start(herald(), &nats.url(), 1, 3, |_, env| {
+        env.set("HERALD_SENDER_CONCURRENCY", "8")
+            .set("HERALD_BATCH_SIZE", "200")
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_pauses_at_random_moments_start_no_request_more_than_250_ms_after_their_response() {
+    let provider = ProviderDouble::start(Duration::from_millis(10)).await;
+    let nats = NatsServer::start().await;
+    let stack = three_sender_stack(&nats).await;
+    let pauses = 50;
+    let id = started_campaign(&stack, &provider, 200_000).await;
+    let mut sent = 0;
+    let mut worst = Duration::ZERO;
+    for round in 0..pauses {
+        // Sends observed before each pause, then a pause at a moment that has
+        // nothing to do with when the senders last read the status.
+        sent += 150;
+        wait_for_campaign_requests(&provider, id, sent).await;
+        tokio::time::sleep(Duration::from_millis(rand::random_range(0..1_000))).await;
+        let (status, body) = stack.transition(id, "pause").await;
+        assert_eq!(status, 200, "pause {round}: {body}");
+        let answered = Instant::now();
+        tokio::time::sleep(HELD).await;
+        let late: Vec<Duration> = started_between(&provider, id, answered, Instant::now())
+            .into_iter()
+            .filter(|after| *after > LATE)
+            .collect();
+        assert!(
+            late.is_empty(),
+            "pause {round}: {} requests started more than {LATE:?} after the pause response, \
+             the latest {:?} after it\n{}",
+            late.len(),
+            late.iter().max(),
+            stack.logs()
+        );
+        worst = worst.max(
+            started_between(&provider, id, answered, Instant::now())
+                .into_iter()
+                .max()
+                .unwrap_or_default(),
+        );
+        sent = provider.request_count();
+        let (status, body) = stack.transition(id, "resume").await;
+        assert_eq!(status, 200, "resume {round}: {body}");
+    }
+    eprintln!("{pauses} pauses: the latest request started {worst:?} after its pause response");
+    let repeats = herald_testkit::faults::repeated_keys(&provider);
+    assert!(repeats.is_empty(), "recipients sent twice: {repeats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_stops_at_random_moments_start_no_request_more_than_250_ms_after_their_response() {
+    let provider = ProviderDouble::start(Duration::from_millis(10)).await;
+    let nats = NatsServer::start().await;
+    let stack = three_sender_stack(&nats).await;
+    let stops = 50;
+    let mut worst = Duration::ZERO;
+    // Stop is final, so each round stops a campaign of its own, larger than the
+    // senders can finish before the stop lands.
+    for round in 0..stops {
+        let id = started_campaign(&stack, &provider, 10_000).await;
+        wait_for_campaign_requests(&provider, id, 150).await;
+        tokio::time::sleep(Duration::from_millis(rand::random_range(0..1_000))).await;
+        let (status, body) = stack.transition(id, "stop").await;
+        assert_eq!(status, 200, "stop {round}: {body}");
+        let answered = Instant::now();
+        tokio::time::sleep(HELD).await;
+        let after: Vec<Duration> = started_between(&provider, id, answered, Instant::now());
+        let late: Vec<&Duration> = after.iter().filter(|a| **a > LATE).collect();
+        assert!(
+            late.is_empty(),
+            "stop {round}: {} requests started more than {LATE:?} after the stop response, \
+             the latest {:?} after it\n{}",
+            late.len(),
+            late.iter().max(),
+            stack.logs()
+        );
+        worst = worst.max(after.into_iter().max().unwrap_or_default());
+    }
+    eprintln!("{stops} stops: the latest request started {worst:?} after its stop response");
+    let repeats = herald_testkit::faults::repeated_keys(&provider);
+    assert!(repeats.is_empty(), "recipients sent twice: {repeats:?}");
+}
