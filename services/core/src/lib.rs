@@ -15,6 +15,7 @@ pub mod control;
 pub mod db;
 pub mod lifecycle;
 pub mod outbox;
+pub mod send_window;
 pub mod telemetry;
 pub mod template;
 pub mod transitions;
