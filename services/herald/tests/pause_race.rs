@@ -11,7 +11,7 @@
 //!
 //! Run with `cargo test -p herald --test pause_race`.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,8 +22,11 @@ use herald_testkit::{NatsServer, ProviderDouble, Stack, test_sender_config};
 use tokio::sync::{Notify, oneshot};
 use uuid::Uuid;
 
-fn herald() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_herald"))
+/// The binary under test: this package's, or `HERALD_BIN` (to run these tests
+/// against another build, for example one without a fix).
+fn herald() -> PathBuf {
+    std::env::var_os("HERALD_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_herald")), PathBuf::from)
 }
 
 #[tokio::test]
@@ -133,14 +136,12 @@ const LATE: Duration = Duration::from_millis(250);
 /// would show as requests between `LATE` and the resume.
 const HELD: Duration = Duration::from_millis(1_300);
 
-/// Three senders with few requests in flight each, so their claimed rows last
-/// well past a pause and a stale status would keep them going.
+/// Three senders with the production defaults for requests in flight (32) and
+/// batch size (500): each holds about 0.6 s of claimed rows, so a stale
+/// `sending` would keep it going well past `LATE`, and the 32 dispatches that
+/// find an expired entry at once make the TTL re-read a busy moment.
 async fn three_sender_stack(nats: &NatsServer) -> ProcessStack {
-    ProcessStack::start(herald(), &nats.url(), 1, 3, |_, env| {
-        env.set("HERALD_SENDER_CONCURRENCY", "8")
-            .set("HERALD_BATCH_SIZE", "200")
-    })
-    .await
+    ProcessStack::start(&herald(), &nats.url(), 1, 3, |_, env| env).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,7 +150,7 @@ async fn fifty_pauses_at_random_moments_start_no_request_more_than_250_ms_after_
     let nats = NatsServer::start().await;
     let stack = three_sender_stack(&nats).await;
     let pauses = 50;
-    let id = started_campaign(&stack, &provider, 200_000).await;
+    let id = started_campaign(&stack, &provider, 300_000).await;
     let mut sent = 0;
     let mut worst = Duration::ZERO;
     for round in 0..pauses {
@@ -199,7 +200,7 @@ async fn fifty_stops_at_random_moments_start_no_request_more_than_250_ms_after_t
     // Stop is final, so each round stops a campaign of its own, larger than the
     // senders can finish before the stop lands.
     for round in 0..stops {
-        let id = started_campaign(&stack, &provider, 10_000).await;
+        let id = started_campaign(&stack, &provider, 20_000).await;
         wait_for_campaign_requests(&provider, id, 150).await;
         tokio::time::sleep(Duration::from_millis(rand::random_range(0..1_000))).await;
         let (status, body) = stack.transition(id, "stop").await;
