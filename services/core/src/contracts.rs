@@ -152,6 +152,10 @@ pub enum TriggeredBy {
     Schedule,
     Resume,
     Recurrence,
+    /// A sender finished a batch: pack the next one (windowed packing).
+    BatchDone,
+    /// The packer's sweep found a campaign whose packing stalled.
+    Sweep,
 }
 
 /// `campaigns.pack`: page this run epoch's open recipients into send batches.
@@ -163,6 +167,10 @@ pub struct PackRequest {
     pub triggered_at: DateTime<Utc>,
     pub triggered_by: TriggeredBy,
     pub correlation_id: Uuid,
+    /// How many more batches to pack now; absent: the packer's whole window
+    /// (`HERALD_PACK_WINDOW`). A sender asks for one each time it finishes one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batches: Option<u32>,
 }
 contract!(PackRequest, "campaigns.pack.json", campaign);
 
@@ -298,6 +306,7 @@ mod tests {
             triggered_at: Utc::now(),
             triggered_by: TriggeredBy::Manual,
             correlation_id: Uuid::new_v4(),
+            batches: None,
         })
         .unwrap();
         encode(&SendBatch {

@@ -258,6 +258,7 @@ impl Outbox {
                 triggered_at: event.created_at,
                 triggered_by,
                 correlation_id: event.correlation_id,
+                batches: None,
             };
             self.bus
                 .publish_contract(

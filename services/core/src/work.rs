@@ -27,6 +27,12 @@ pub enum StepOutcome {
     Ack,
     /// Try again later, for example while Postgres is down.
     Retry { delay: Duration },
+    /// Not now, by design: hand the message back to be delivered again after
+    /// `delay` (a campaign waiting for its send budget or send window). Unlike
+    /// [`StepOutcome::Retry`] this is no failure: it never dead-letters, and a
+    /// message deferred many times is re-published as a fresh copy so the
+    /// consumer's `max_deliver` is never reached.
+    Defer { delay: Duration },
     /// The message can never succeed: terminate and dead-letter it.
     DeadLetter { reason: String },
 }
@@ -69,6 +75,40 @@ pub struct WorkerIdentity {
 /// After this many deliveries a message that keeps asking for retry is dead-lettered.
 const MAX_RETRY_DELIVERIES: i64 = 15;
 
+/// A deferred message delivered this often is re-published as a fresh copy (and
+/// the old one acknowledged), well before the work consumers' `max_deliver` (20).
+const DEFERS_BEFORE_REPUBLISH: i64 = 10;
+
+/// Deliveries of a deferred message before it is re-published, at most this
+/// long apart: long waits (a closed send window) are re-evaluated this often.
+pub const MAX_DEFER: Duration = Duration::from_secs(30);
+
+/// Hands a deferred message back: a delayed NAK, or after many deliveries a
+/// fresh copy (same payload and headers, a new `Nats-Msg-Id`) and an ack. The
+/// copy is delivered at once and deferred again by its step if it must wait.
+async fn defer(
+    bus: &Bus,
+    message: &jetstream::Message,
+    delivered: i64,
+    delay: Duration,
+) -> Result<(), async_nats::Error> {
+    if delivered < DEFERS_BEFORE_REPUBLISH {
+        return message
+            .ack_with(AckKind::Nak(Some(delay.min(MAX_DEFER))))
+            .await;
+    }
+    let mut headers = message.headers.clone().unwrap_or_default();
+    headers.insert(
+        "Nats-Msg-Id",
+        format!("deferred-{}", uuid::Uuid::new_v4()).as_str(),
+    );
+    bus.js
+        .publish_with_headers(message.subject.clone(), headers, message.payload.clone())
+        .await?
+        .await?;
+    message.ack().await
+}
+
 async fn settle(
     bus: &Bus,
     identity: &WorkerIdentity,
@@ -91,6 +131,7 @@ async fn settle(
             let delay = (delay * factor).min(Duration::from_secs(30));
             message.ack_with(AckKind::Nak(Some(delay))).await
         }
+        StepOutcome::Defer { delay } => defer(bus, message, delivered, delay).await,
         StepOutcome::DeadLetter { reason } => {
             dead_letter(bus, identity, message, &reason).await;
             message.ack_with(AckKind::Term).await
@@ -174,6 +215,7 @@ async fn handle_one<T, F, Fut>(
     let label = match &outcome {
         StepOutcome::Ack => "ack",
         StepOutcome::Retry { .. } => "retry",
+        StepOutcome::Defer { .. } => "defer",
         StepOutcome::DeadLetter { .. } => "dead_letter",
     };
     metrics::counter!("herald_messages_handled_total", "consumer" => identity.consumer.clone(), "outcome" => label)

@@ -554,7 +554,7 @@ async fn a_claim_that_races_a_pause_waits_for_it_and_then_claims_nothing() {
         let pool = pool.clone();
         let batch = batch.clone();
         async move {
-            herald_sender::ledger::claim_batch(&pool, &batch, Uuid::new_v4(), 30.0)
+            herald_sender::ledger::claim_batch(&pool, &batch, Uuid::new_v4(), 30.0, i64::MAX)
                 .await
                 .unwrap()
         }
@@ -575,11 +575,11 @@ async fn a_claim_that_races_a_pause_waits_for_it_and_then_claims_nothing() {
         .execute(&pool)
         .await
         .unwrap();
-    let claimed = herald_sender::ledger::claim_batch(&pool, &batch, Uuid::new_v4(), 30.0)
+    let claimed = herald_sender::ledger::claim_batch(&pool, &batch, Uuid::new_v4(), 30.0, i64::MAX)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 50);
-    let again = herald_sender::ledger::claim_batch(&pool, &batch, Uuid::new_v4(), 30.0)
+    let again = herald_sender::ledger::claim_batch(&pool, &batch, Uuid::new_v4(), 30.0, i64::MAX)
         .await
         .unwrap();
     assert!(
@@ -594,10 +594,15 @@ async fn a_batch_claims_at_most_twice_its_declared_size_whatever_its_id_range() 
     let (stack, id) = sending_without_workers(json!({"provider": "log"}), 100).await;
     // A schema-valid batch whose range spans the whole campaign but declares 5 rows.
     let wide = batch_spanning_campaign(id, 5);
-    let claimed =
-        herald_sender::ledger::claim_batch(&stack.env.pool(), &wide, Uuid::new_v4(), 30.0)
-            .await
-            .unwrap();
+    let claimed = herald_sender::ledger::claim_batch(
+        &stack.env.pool(),
+        &wide,
+        Uuid::new_v4(),
+        30.0,
+        i64::MAX,
+    )
+    .await
+    .unwrap();
     assert_eq!(claimed.len(), 10);
     stack.stop().await;
 }
@@ -611,7 +616,7 @@ async fn rows_held_by_a_sender_that_died_are_sent_once_after_the_sweep_finds_its
     // A sender claims every row under a short lease and dies without marking any.
     let batch = batch_spanning_campaign(id, 20);
     let dead_token = Uuid::new_v4();
-    let claimed = herald_sender::ledger::claim_batch(&pool, &batch, dead_token, 0.5)
+    let claimed = herald_sender::ledger::claim_batch(&pool, &batch, dead_token, 0.5, i64::MAX)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 40);
@@ -660,7 +665,9 @@ async fn outcomes_wait_to_share_one_write_until_a_full_group_is_queued_or_the_li
     let pool = stack.env.pool();
     let token = Uuid::new_v4();
     let batch = batch_spanning_campaign(id, FULL_GROUP as i64 + 1);
-    let claimed = claim_batch(&pool, &batch, token, 30.0).await.unwrap();
+    let claimed = claim_batch(&pool, &batch, token, 30.0, i64::MAX)
+        .await
+        .unwrap();
     assert_eq!(claimed.len(), FULL_GROUP + 1);
     let marked = || async {
         sqlx::query_scalar::<_, i64>(
@@ -721,14 +728,14 @@ async fn a_claim_that_meets_rows_another_claim_is_taking_waits_and_then_claims_n
 
     // The first claim has updated every row but not committed yet.
     let mut first = pool.begin().await.unwrap();
-    let taken = claim_batch(&mut *first, &batch, Uuid::new_v4(), 30.0)
+    let taken = claim_batch(&mut *first, &batch, Uuid::new_v4(), 30.0, i64::MAX)
         .await
         .unwrap();
     assert_eq!(taken.len(), 200);
     // A duplicate of the batch arrives meanwhile on another connection.
     let second = tokio::spawn({
         let (pool, batch) = (pool.clone(), batch.clone());
-        async move { claim_batch(&pool, &batch, Uuid::new_v4(), 30.0).await }
+        async move { claim_batch(&pool, &batch, Uuid::new_v4(), 30.0, i64::MAX).await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
@@ -772,9 +779,15 @@ async fn the_sweep_completes_a_campaign_whose_last_completion_check_never_ran() 
     // campaign still says sending. It is fully packed and has been quiet for
     // longer than the stall period.
     let token = Uuid::new_v4();
-    let claimed = claim_batch(&pool, &batch_spanning_campaign(id, 30), token, 30.0)
-        .await
-        .unwrap();
+    let claimed = claim_batch(
+        &pool,
+        &batch_spanning_campaign(id, 30),
+        token,
+        30.0,
+        i64::MAX,
+    )
+    .await
+    .unwrap();
     let outcomes: Vec<_> = claimed.iter().map(|row| sent_outcome(row.id)).collect();
     assert_eq!(
         mark_outcomes(&pool, id, token, &outcomes).await.unwrap(),

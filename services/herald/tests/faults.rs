@@ -632,6 +632,7 @@ async fn duplicated_send_batches_and_a_pack_message_redelivered_after_a_packer_c
         triggered_at: Utc::now(),
         triggered_by: TriggeredBy::Manual,
         correlation_id: Uuid::new_v4(),
+        batches: None,
     };
     bus.publish_contract(
         bus.subjects.pack(),

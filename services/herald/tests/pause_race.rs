@@ -25,8 +25,10 @@ use uuid::Uuid;
 /// The binary under test: this package's, or `HERALD_BIN` (to run these tests
 /// against another build, for example one without a fix).
 fn herald() -> PathBuf {
-    std::env::var_os("HERALD_BIN")
-        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_herald")), PathBuf::from)
+    std::env::var_os("HERALD_BIN").map_or_else(
+        || PathBuf::from(env!("CARGO_BIN_EXE_herald")),
+        PathBuf::from,
+    )
 }
 
 #[tokio::test]
@@ -57,9 +59,8 @@ async fn a_status_read_in_flight_when_a_pause_lands_does_not_keep_the_campaign_s
             .boxed()
         })
     };
-    let cache = Arc::new(
-        StatusCache::new(stack.env.pool(), Duration::from_secs(60)).with_read_hook(hook),
-    );
+    let cache =
+        Arc::new(StatusCache::new(stack.env.pool(), Duration::from_secs(60)).with_read_hook(hook));
 
     let racing_read = tokio::spawn({
         let cache = cache.clone();
@@ -85,7 +86,11 @@ async fn a_status_read_in_flight_when_a_pause_lands_does_not_keep_the_campaign_s
 }
 
 /// A campaign of `recipients` on `stack`, started.
-async fn started_campaign(stack: &ProcessStack, provider: &ProviderDouble, recipients: usize) -> Uuid {
+async fn started_campaign(
+    stack: &ProcessStack,
+    provider: &ProviderDouble,
+    recipients: usize,
+) -> Uuid {
     let id = stack.create_campaign(provider.webhook_channel()).await;
     stack.import(id, recipients).await;
     assert_eq!(stack.transition(id, "start").await.0, 200);
@@ -137,11 +142,36 @@ const LATE: Duration = Duration::from_millis(250);
 const HELD: Duration = Duration::from_millis(1_300);
 
 /// Three senders with the production defaults for requests in flight (32) and
-/// batch size (500): each holds about 0.6 s of claimed rows, so a stale
-/// `sending` would keep it going well past `LATE`, and the 32 dispatches that
-/// find an expired entry at once make the TTL re-read a busy moment.
+/// batch size (500), and eight batches each: a sender holds over a second of
+/// claimed rows, so a stale `sending` would keep it going well past `LATE`,
+/// and the 32 dispatches that find an expired entry at once make the TTL
+/// re-read a busy moment.
 async fn three_sender_stack(nats: &NatsServer) -> ProcessStack {
-    ProcessStack::start(&herald(), &nats.url(), 1, 3, |_, env| env).await
+    ProcessStack::start(&herald(), &nats.url(), 1, 3, |_, env| {
+        env.set("HERALD_SENDER_BATCHES", "8")
+    })
+    .await
+}
+
+/// Asserts that no request of `campaign` started more than `LATE` after
+/// `answered`, and returns the latest start after it.
+fn assert_none_late(
+    stack: &ProcessStack,
+    provider: &ProviderDouble,
+    campaign: Uuid,
+    answered: Instant,
+    what: &str,
+) -> Duration {
+    let after = started_between(provider, campaign, answered, Instant::now());
+    let late: Vec<&Duration> = after.iter().filter(|a| **a > LATE).collect();
+    assert!(
+        late.is_empty(),
+        "{what}: {} requests started more than {LATE:?} after the response, the latest {:?} after it\n{}",
+        late.len(),
+        late.iter().max(),
+        stack.logs()
+    );
+    after.into_iter().max().unwrap_or_default()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,24 +193,8 @@ async fn fifty_pauses_at_random_moments_start_no_request_more_than_250_ms_after_
         assert_eq!(status, 200, "pause {round}: {body}");
         let answered = Instant::now();
         tokio::time::sleep(HELD).await;
-        let late: Vec<Duration> = started_between(&provider, id, answered, Instant::now())
-            .into_iter()
-            .filter(|after| *after > LATE)
-            .collect();
-        assert!(
-            late.is_empty(),
-            "pause {round}: {} requests started more than {LATE:?} after the pause response, \
-             the latest {:?} after it\n{}",
-            late.len(),
-            late.iter().max(),
-            stack.logs()
-        );
-        worst = worst.max(
-            started_between(&provider, id, answered, Instant::now())
-                .into_iter()
-                .max()
-                .unwrap_or_default(),
-        );
+        let latest = assert_none_late(&stack, &provider, id, answered, &format!("pause {round}"));
+        worst = worst.max(latest);
         sent = provider.request_count();
         let (status, body) = stack.transition(id, "resume").await;
         assert_eq!(status, 200, "resume {round}: {body}");
@@ -197,27 +211,38 @@ async fn fifty_stops_at_random_moments_start_no_request_more_than_250_ms_after_t
     let stack = three_sender_stack(&nats).await;
     let stops = 50;
     let mut worst = Duration::ZERO;
-    // Stop is final, so each round stops a campaign of its own, larger than the
-    // senders can finish before the stop lands.
-    for round in 0..stops {
-        let id = started_campaign(&stack, &provider, 20_000).await;
+    // Stop is final, so each stop takes a campaign of its own. Three run at
+    // once, and the oldest is stopped at a random moment: stops land on
+    // campaigns of every age, long after the senders first read their status.
+    let mut running = std::collections::VecDeque::new();
+    let (mut stopped, mut rounds) = (0, 0);
+    while stopped < stops {
+        rounds += 1;
+        assert!(
+            rounds <= stops * 3,
+            "too many campaigns completed before their stop"
+        );
+        while running.len() < 3 {
+            running.push_back(started_campaign(&stack, &provider, 20_000).await);
+        }
+        let id = running.pop_front().expect("a running campaign");
         wait_for_campaign_requests(&provider, id, 150).await;
         tokio::time::sleep(Duration::from_millis(rand::random_range(0..1_000))).await;
         let (status, body) = stack.transition(id, "stop").await;
-        assert_eq!(status, 200, "stop {round}: {body}");
+        if status == 409 && body["error"]["from"] == "completed" {
+            continue;
+        }
+        assert_eq!(status, 200, "stop {stopped}: {body}");
         let answered = Instant::now();
         tokio::time::sleep(HELD).await;
-        let after: Vec<Duration> = started_between(&provider, id, answered, Instant::now());
-        let late: Vec<&Duration> = after.iter().filter(|a| **a > LATE).collect();
-        assert!(
-            late.is_empty(),
-            "stop {round}: {} requests started more than {LATE:?} after the stop response, \
-             the latest {:?} after it\n{}",
-            late.len(),
-            late.iter().max(),
-            stack.logs()
-        );
-        worst = worst.max(after.into_iter().max().unwrap_or_default());
+        worst = worst.max(assert_none_late(
+            &stack,
+            &provider,
+            id,
+            answered,
+            &format!("stop {stopped}"),
+        ));
+        stopped += 1;
     }
     eprintln!("{stops} stops: the latest request started {worst:?} after its stop response");
     let repeats = herald_testkit::faults::repeated_keys(&provider);

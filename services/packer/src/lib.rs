@@ -21,7 +21,12 @@ use herald_core::lifecycle::Status;
 use herald_core::outbox::Outbox;
 use herald_core::transitions::{Lifecycle, complete_if_done};
 use herald_core::work::{Delivery, StepOutcome, WorkerIdentity, run_work_loop};
-use sqlx::{PgPool, Row};
+
+use crate::store::{advance_cursor, load_pack_state, mark_epoch_packed, next_page};
+
+mod store;
+mod sweep;
+use sqlx::PgPool;
 use uuid::Uuid;
 
 /// Settings of the packer service.
@@ -30,6 +35,15 @@ pub struct PackerConfig {
     /// Recipients per send batch.
     #[arg(long, env = "HERALD_BATCH_SIZE", default_value_t = 500)]
     pub batch_size: i64,
+
+    /// Send batches of one campaign kept queued or in flight at once (windowed
+    /// packing): the packer pages this many, then one more each time a sender
+    /// finishes one, so campaigns interleave in `campaigns.send` instead of one
+    /// campaign's whole list queuing ahead of everyone. Keep it at least twice
+    /// the sender replicas' batch slots (`HERALD_SENDER_BATCHES` × replicas), or a
+    /// lone campaign cannot keep every sender busy.
+    #[arg(long, env = "HERALD_PACK_WINDOW", default_value_t = 16)]
+    pub pack_window: u32,
 
     /// Pack requests handled at once on this replica.
     #[arg(
@@ -57,6 +71,7 @@ impl Default for PackerConfig {
     fn default() -> Self {
         Self {
             batch_size: 500,
+            pack_window: 16,
             pack_concurrency: 4,
             sweep_interval_ms: 5000,
             stall_seconds: 60,
@@ -85,185 +100,7 @@ pub struct Packer {
     inner: Arc<PackerInner>,
 }
 
-/// Where a campaign's paging stands.
-#[derive(Debug, Clone, Copy)]
-struct PackState {
-    status: Status,
-    run_epoch: i32,
-    packed_epoch: i32,
-    pack_epoch: i32,
-    pack_cursor: i64,
-}
-
-async fn load_pack_state(pool: &PgPool, campaign: Uuid) -> Result<Option<PackState>, sqlx::Error> {
-    let row = sqlx::query("SELECT status, run_epoch, packed_epoch, pack_epoch, pack_cursor FROM campaigns WHERE id = $1")
-        .bind(campaign)
-        .fetch_optional(pool)
-        .await?;
-    row.map(|r| {
-        Ok(PackState {
-            status: r
-                .try_get::<String, _>("status")?
-                .parse()
-                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
-            run_epoch: r.try_get("run_epoch")?,
-            packed_epoch: r.try_get("packed_epoch")?,
-            pack_epoch: r.try_get("pack_epoch")?,
-            pack_cursor: r.try_get("pack_cursor")?,
-        })
-    })
-    .transpose()
-}
-
-/// The next page of open recipients after `cursor`, by id.
-async fn next_page(
-    pool: &PgPool,
-    campaign: Uuid,
-    cursor: i64,
-    size: i64,
-) -> Result<Vec<i64>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT id FROM recipients
-         WHERE campaign_id = $1 AND id > $2
-           AND (status = 'pending' OR (status = 'sending' AND lease_expires_at < now()))
-         ORDER BY id LIMIT $3",
-    )
-    .bind(campaign)
-    .bind(cursor)
-    .bind(size)
-    .fetch_all(pool)
-    .await
-}
-
-/// Records progress, only while the epoch is current and the campaign is sending.
-/// False means: stop paging (paused, stopped or a newer epoch).
-async fn checkpoint(
-    pool: &PgPool,
-    campaign: Uuid,
-    epoch: i32,
-    cursor: i64,
-) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query(
-        "UPDATE campaigns SET pack_epoch = $2, pack_cursor = $3
-         WHERE id = $1 AND run_epoch = $2 AND status = 'sending'",
-    )
-    .bind(campaign)
-    .bind(epoch)
-    .bind(cursor)
-    .execute(pool)
-    .await?
-    .rows_affected()
-        == 1)
-}
-
-async fn mark_epoch_packed(pool: &PgPool, campaign: Uuid, epoch: i32) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query("UPDATE campaigns SET packed_epoch = $2 WHERE id = $1 AND run_epoch = $2 AND packed_epoch < $2")
-        .bind(campaign)
-        .bind(epoch)
-        .execute(pool)
-        .await?
-        .rows_affected()
-        == 1)
-}
-
-/// Campaigns with a lease row past its expiry: a sender died (or could not
-/// delete the row) before finishing a batch.
-async fn campaigns_with_expired_leases(pool: &PgPool) -> Result<Vec<(Uuid, i32)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT c.id, c.run_epoch FROM campaigns c
-         WHERE c.status = 'sending' AND EXISTS (
-             SELECT 1 FROM recipient_leases l WHERE l.campaign_id = c.id AND l.expires_at < now())",
-    )
-    .fetch_all(pool)
-    .await
-}
-
-/// Deletes expired lease rows that guard nothing any more: every row they
-/// covered was marked, released or claimed again under another lease, or the
-/// campaign is no longer sending (a resume re-pages whatever is left open).
-async fn drop_spent_leases(pool: &PgPool) -> Result<u64, sqlx::Error> {
-    Ok(sqlx::query(
-        "DELETE FROM recipient_leases l
-         WHERE l.expires_at < now() AND (
-             NOT EXISTS (SELECT 1 FROM campaigns c WHERE c.id = l.campaign_id AND c.status = 'sending')
-             OR NOT EXISTS (
-                 SELECT 1 FROM recipients r
-                 WHERE r.campaign_id = l.campaign_id AND r.id BETWEEN l.first_id AND l.last_id
-                   AND r.lease_token = l.lease_token AND r.status = 'sending'))",
-    )
-    .execute(pool)
-    .await?
-    .rows_affected())
-}
-
-/// Which rows a sweep re-batches.
-#[derive(Debug, Clone, Copy)]
-enum Stranded {
-    /// Claimed by a sender that stopped renewing its lease (it crashed).
-    ExpiredLeases,
-    /// Pending in a campaign that made no progress for a while.
-    Pending,
-}
-
-/// The next page of stranded rows after `after`, by id.
-async fn stranded_page(
-    pool: &PgPool,
-    campaign: Uuid,
-    which: Stranded,
-    after: i64,
-    size: i64,
-) -> Result<Vec<i64>, sqlx::Error> {
-    let sql = match which {
-        // Through the expired lease rows: each names the id range its rows are in.
-        Stranded::ExpiredLeases => {
-            "SELECT r.id FROM recipient_leases l
-             JOIN recipients r ON r.campaign_id = l.campaign_id AND r.id BETWEEN l.first_id AND l.last_id
-                              AND r.lease_token = l.lease_token
-             WHERE l.campaign_id = $1 AND l.expires_at < now()
-               AND r.status = 'sending' AND r.lease_expires_at < now() AND r.id > $2
-             ORDER BY r.id LIMIT $3"
-        }
-        Stranded::Pending => {
-            "SELECT id FROM recipients WHERE campaign_id = $1 AND status = 'pending' AND id > $2 ORDER BY id LIMIT $3"
-        }
-    };
-    sqlx::query_scalar(sql)
-        .bind(campaign)
-        .bind(after)
-        .bind(size)
-        .fetch_all(pool)
-        .await
-}
-
-/// Fully packed campaigns with nothing in flight and no ledger progress for a
-/// while, with how many rows they still have pending.
-async fn stalled_campaigns(
-    pool: &PgPool,
-    stall_seconds: f64,
-) -> Result<Vec<(Uuid, i32, i64)>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT c.id, c.run_epoch, (c.pending_count + coalesce(sum(d.pending), 0))::bigint
-         FROM campaigns c
-         LEFT JOIN campaign_counter_deltas d ON d.campaign_id = c.id
-         WHERE c.status = 'sending' AND c.packed_epoch = c.run_epoch
-         GROUP BY c.id
-         HAVING c.sending_count + coalesce(sum(d.sending), 0) = 0
-            AND greatest(c.updated_at, max(d.updated_at)) < now() - make_interval(secs => $1)",
-    )
-    .bind(stall_seconds)
-    .fetch_all(pool)
-    .await
-}
-
-async fn touch_campaign(pool: &PgPool, campaign: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE campaigns SET updated_at = now() WHERE id = $1")
-        .bind(campaign)
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
-fn batch_for(campaign: Uuid, epoch: i32, ids: &[i64]) -> SendBatch {
+pub(crate) fn batch_for(campaign: Uuid, epoch: i32, ids: &[i64]) -> SendBatch {
     SendBatch {
         campaign_id: campaign,
         run_epoch: epoch.max(1),
@@ -272,6 +109,17 @@ fn batch_for(campaign: Uuid, epoch: i32, ids: &[i64]) -> SendBatch {
         recipient_count: ids.len() as i64,
         correlation_id: Uuid::new_v4(),
     }
+}
+
+/// What paging one batch did.
+#[derive(Debug, Clone, Copy)]
+enum Page {
+    /// Published, and the cursor moved to `to`.
+    Packed { to: i64 },
+    /// Published, but another request had moved the cursor: re-read it.
+    Raced,
+    /// Nothing left to page in this epoch.
+    Exhausted,
 }
 
 fn retry_soon() -> StepOutcome {
@@ -378,36 +226,34 @@ impl Packer {
         Ok(!state.is_some_and(|s| s.status == Status::Sending && s.run_epoch == epoch))
     }
 
-    /// The step: page one campaign's run epoch into send batches.
+    /// The step: page the next batches of one campaign's run epoch, at most the
+    /// request's `batches` (the window when absent). Each batch a sender
+    /// finishes asks for one more, so a campaign keeps about a window of batches
+    /// queued or in flight; the epoch is marked packed when a page comes back
+    /// empty.
     pub async fn handle_pack(
         &self,
         request: PackRequest,
         delivery: Option<Delivery>,
     ) -> StepOutcome {
-        let pool = &self.inner.pool;
         let campaign = request.campaign_id;
         // Noted before the read: a pause that lands during it is seen below.
         let mut seen_generation = self.control_generation(campaign);
-        let state = match load_pack_state(pool, campaign).await {
-            Ok(Some(state)) => state,
-            Ok(None) => return StepOutcome::Ack,
-            Err(_) => return retry_soon(),
-        };
-        // Old epochs, finished epochs and campaigns that are not sending: nothing to do.
-        if state.run_epoch != request.run_epoch
-            || state.packed_epoch >= state.run_epoch
-            || state.status != Status::Sending
-        {
-            return StepOutcome::Ack;
-        }
-        let epoch = state.run_epoch;
-        let mut cursor = if state.pack_epoch == epoch {
-            state.pack_cursor
-        } else {
-            0
-        };
-        let size = self.inner.config.batch_size.clamp(1, 100_000);
-        loop {
+        let mut credits = request
+            .batches
+            .unwrap_or(self.inner.config.pack_window)
+            .max(1);
+        let request_id = delivery.as_ref().and_then(|d| d.request_correlation_id());
+        let mut cursor = None;
+        while credits > 0 {
+            let (epoch, from) = match cursor {
+                Some(position) => position,
+                None => match self.paging_position(&request).await {
+                    Ok(Some(position)) => position,
+                    Ok(None) => return StepOutcome::Ack,
+                    Err(_) => return retry_soon(),
+                },
+            };
             match self
                 .told_to_stop(campaign, epoch, &mut seen_generation)
                 .await
@@ -416,44 +262,91 @@ impl Packer {
                 Ok(false) => {}
                 Err(_) => return retry_soon(),
             }
-            let ids = match next_page(pool, campaign, cursor, size).await {
-                Ok(ids) => ids,
+            let page = self
+                .pack_page(&request, epoch, from, request_id.as_deref())
+                .await;
+            cursor = match page {
+                Ok(Page::Packed { to }) => {
+                    credits -= 1;
+                    metrics::counter!("herald_batches_packed_total").increment(1);
+                    if let Some(d) = &delivery {
+                        d.in_progress().await;
+                    }
+                    Some((epoch, to))
+                }
+                // Another pack request of this campaign moved the cursor first.
+                Ok(Page::Raced) => None,
+                Ok(Page::Exhausted) => return self.finish_epoch(campaign, epoch).await,
                 Err(_) => return retry_soon(),
             };
-            if ids.is_empty() {
-                break;
-            }
-            let mut batch = batch_for(campaign, epoch, &ids);
-            batch.correlation_id = request.correlation_id;
-            let request_id = delivery.as_ref().and_then(|d| d.request_correlation_id());
-            if let Err(error) = self
-                .inner
-                .bus
-                .publish_contract(
-                    self.inner.bus.subjects.send(),
-                    &batch,
-                    &batch.message_id(),
-                    request_id.as_deref(),
-                )
-                .await
-            {
-                tracing::warn!(campaign_id = %campaign, error = %format!("{error:#}"), "publishing a batch failed");
-                return retry_soon();
-            }
-            cursor = batch.last_recipient_id;
-            match checkpoint(pool, campaign, epoch, cursor).await {
-                Ok(true) => {}
-                Ok(false) => return StepOutcome::Ack,
-                Err(_) => return retry_soon(),
-            }
-            metrics::counter!("herald_batches_packed_total").increment(1);
-            if let Some(d) = &delivery {
-                d.in_progress().await;
-            }
         }
-        match mark_epoch_packed(pool, campaign, epoch).await {
-            Ok(_) => {}
-            Err(_) => return retry_soon(),
+        StepOutcome::Ack
+    }
+
+    /// The epoch and cursor to page from, or `None` when there is nothing to
+    /// page for this request (an old or finished epoch, a campaign not sending).
+    async fn paging_position(
+        &self,
+        request: &PackRequest,
+    ) -> Result<Option<(i32, i64)>, sqlx::Error> {
+        let Some(state) = load_pack_state(&self.inner.pool, request.campaign_id).await? else {
+            return Ok(None);
+        };
+        if state.run_epoch != request.run_epoch
+            || state.packed_epoch >= state.run_epoch
+            || state.status != Status::Sending
+        {
+            return Ok(None);
+        }
+        let epoch = state.run_epoch;
+        let cursor = if state.pack_epoch == epoch {
+            state.pack_cursor
+        } else {
+            0
+        };
+        Ok(Some((epoch, cursor)))
+    }
+
+    /// Publishes the page after `from` as one batch and moves the cursor past it.
+    /// The batch's message id is deterministic, so a page published twice by two
+    /// racing requests is stored once.
+    async fn pack_page(
+        &self,
+        request: &PackRequest,
+        epoch: i32,
+        from: i64,
+        request_id: Option<&str>,
+    ) -> anyhow::Result<Page> {
+        let (pool, campaign) = (&self.inner.pool, request.campaign_id);
+        let size = self.inner.config.batch_size.clamp(1, 100_000);
+        let ids = next_page(pool, campaign, from, size).await?;
+        if ids.is_empty() {
+            return Ok(Page::Exhausted);
+        }
+        let mut batch = batch_for(campaign, epoch, &ids);
+        batch.correlation_id = request.correlation_id;
+        let bus = &self.inner.bus;
+        if let Err(error) = bus
+            .publish_contract(bus.subjects.send(), &batch, &batch.message_id(), request_id)
+            .await
+        {
+            tracing::warn!(campaign_id = %campaign, error = %format!("{error:#}"), "publishing a batch failed");
+            return Err(error);
+        }
+        let to = batch.last_recipient_id;
+        Ok(if advance_cursor(pool, campaign, epoch, from, to).await? {
+            Page::Packed { to }
+        } else {
+            Page::Raced
+        })
+    }
+
+    async fn finish_epoch(&self, campaign: Uuid, epoch: i32) -> StepOutcome {
+        if mark_epoch_packed(&self.inner.pool, campaign, epoch)
+            .await
+            .is_err()
+        {
+            return retry_soon();
         }
         tracing::info!(campaign_id = %campaign, epoch, "run epoch fully packed");
         // Nothing open (an empty list, or everything already sent): complete now.
@@ -461,79 +354,6 @@ impl Packer {
             tracing::warn!(campaign_id = %campaign, %error, "completion check failed");
         }
         StepOutcome::Ack
-    }
-
-    /// One sweep: re-batches expired leases and stalled pending rows, and completes
-    /// a stalled campaign with nothing open. Harmless when several replicas sweep
-    /// at once: the sender's claim and the completion transition decide.
-    pub async fn sweep(&self) -> Result<usize, sqlx::Error> {
-        let pool = &self.inner.pool;
-        let mut published = 0;
-        // First forget the leases whose rows were already taken care of (by the
-        // previous sweep's batches, for instance), then re-batch the rest.
-        drop_spent_leases(pool).await?;
-        for (campaign, epoch) in campaigns_with_expired_leases(pool).await? {
-            published += self
-                .rebatch_stranded(campaign, epoch, Stranded::ExpiredLeases)
-                .await?;
-        }
-        let stall = self.inner.config.stall_seconds as f64;
-        for (campaign, epoch, pending) in stalled_campaigns(pool, stall).await? {
-            // Touched first, so a campaign comes back at most once per stall period.
-            touch_campaign(pool, campaign).await?;
-            if pending > 0 {
-                tracing::warn!(campaign_id = %campaign, "campaign stalled with pending rows; re-batching them");
-                published += self
-                    .rebatch_stranded(campaign, epoch, Stranded::Pending)
-                    .await?;
-            } else {
-                // Nothing open, yet still sending: the completion check of its last
-                // batch did not run (Postgres was unreachable at that moment, or
-                // the sender died right after its last write).
-                tracing::warn!(campaign_id = %campaign, "campaign stalled with nothing open; completing it");
-                if let Err(error) =
-                    complete_if_done(&self.inner.lifecycle, campaign, "packer").await
-                {
-                    tracing::warn!(campaign_id = %campaign, %error, "completion check failed");
-                }
-            }
-        }
-        Ok(published)
-    }
-
-    async fn rebatch_stranded(
-        &self,
-        campaign: Uuid,
-        epoch: i32,
-        which: Stranded,
-    ) -> Result<usize, sqlx::Error> {
-        let size = self.inner.config.batch_size.clamp(1, 100_000);
-        let (mut after, mut published) = (0, 0);
-        loop {
-            let ids = stranded_page(&self.inner.pool, campaign, which, after, size).await?;
-            let Some(&last) = ids.last() else {
-                return Ok(published);
-            };
-            published += self.publish_sweep_batch(campaign, epoch, &ids).await;
-            after = last;
-        }
-    }
-
-    async fn publish_sweep_batch(&self, campaign: Uuid, epoch: i32, ids: &[i64]) -> usize {
-        let batch = batch_for(campaign, epoch, ids);
-        let id = format!("sweep-{}", batch.correlation_id);
-        match self
-            .inner
-            .bus
-            .publish_contract(self.inner.bus.subjects.send(), &batch, &id, None)
-            .await
-        {
-            Ok(()) => 1,
-            Err(error) => {
-                tracing::warn!(campaign_id = %campaign, error = %format!("{error:#}"), "sweep publish failed");
-                0
-            }
-        }
     }
 
     /// Runs the replica until shutdown: control listener, sweep and work loop.

@@ -23,7 +23,7 @@ pub struct ClaimedRecipient {
 /// The most rows one batch may claim: twice its declared size (rows in its range
 /// can reopen after it was packed), never more than the schema's maximum. A batch
 /// with a huge id range cannot make one sender claim a whole campaign.
-fn claim_limit(batch: &SendBatch) -> i64 {
+pub fn claim_limit(batch: &SendBatch) -> i64 {
     batch.recipient_count.clamp(1, 50_000) * 2
 }
 
@@ -55,12 +55,14 @@ fn counter_shard(lease_token: Uuid) -> i16 {
 /// The same statement records the lease (one `recipient_leases` row, which the
 /// packer's sweep finds if this replica dies) and moves the fresh rows from
 /// pending to sending in this lease's counter shard. It runs on `executor`: a
-/// pool, or a transaction.
+/// pool, or a transaction. It claims at most `limit` rows (what the budget allows
+/// now), never more than [`claim_limit`].
 pub async fn claim_batch<'e>(
     executor: impl sqlx::PgExecutor<'e>,
     batch: &SendBatch,
     lease_token: Uuid,
     lease_seconds: f64,
+    limit: i64,
 ) -> Result<Vec<ClaimedRecipient>, sqlx::Error> {
     let rows = sqlx::query(
         "WITH camp AS (
@@ -106,7 +108,7 @@ pub async fn claim_batch<'e>(
     .bind(batch.last_recipient_id)
     .bind(lease_token)
     .bind(lease_seconds)
-    .bind(claim_limit(batch))
+    .bind(limit.clamp(0, claim_limit(batch)))
     .bind(counter_shard(lease_token))
     .fetch_all(executor)
     .await?;
@@ -136,6 +138,9 @@ pub struct RecipientOutcome {
 pub struct OpenCounts {
     pub pending: i64,
     pub sending: i64,
+    /// The campaign sends and its run epoch is not fully packed yet.
+    pub more_to_pack: bool,
+    pub run_epoch: i32,
 }
 
 impl OpenCounts {
@@ -257,12 +262,13 @@ pub async fn finish_lease(
     campaign_id: Uuid,
     lease_token: Uuid,
 ) -> Result<OpenCounts, sqlx::Error> {
-    let (pending, sending): (i64, i64) = sqlx::query_as(
+    let (pending, sending, more_to_pack, run_epoch): (i64, i64, bool, i32) = sqlx::query_as(
         "WITH ended AS (
              DELETE FROM recipient_leases WHERE lease_token = $2
          )
          SELECT c.pending_count + coalesce(sum(d.pending), 0)::bigint,
-                c.sending_count + coalesce(sum(d.sending), 0)::bigint
+                c.sending_count + coalesce(sum(d.sending), 0)::bigint,
+                c.status = 'sending' AND c.packed_epoch < c.run_epoch, c.run_epoch
          FROM campaigns c LEFT JOIN campaign_counter_deltas d ON d.campaign_id = c.id
          WHERE c.id = $1 GROUP BY c.id",
     )
@@ -270,8 +276,13 @@ pub async fn finish_lease(
     .bind(lease_token)
     .fetch_optional(pool)
     .await?
-    .unwrap_or((0, 0));
-    Ok(OpenCounts { pending, sending })
+    .unwrap_or((0, 0, false, 0));
+    Ok(OpenCounts {
+        pending,
+        sending,
+        more_to_pack,
+        run_epoch,
+    })
 }
 
 /// The campaign as a release left it.

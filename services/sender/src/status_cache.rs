@@ -208,8 +208,7 @@ impl StatusCache {
     /// lose the generation that read must be checked against.
     pub fn prune(&self) {
         let horizon = self.ttl * 12;
-        self.entries().retain(|_, e| {
-            e.in_use() || e.touched_at.is_some_and(|t| t.elapsed() < horizon)
-        });
+        self.entries()
+            .retain(|_, e| e.in_use() || e.touched_at.is_some_and(|t| t.elapsed() < horizon));
     }
 }

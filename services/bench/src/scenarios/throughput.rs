@@ -177,7 +177,7 @@ pub async fn ledger_alone(
                     correlation_id: Uuid::new_v4(),
                 };
                 let token = Uuid::new_v4();
-                let claimed = ledger::claim_batch(&pool, &batch, token, 30.0).await?;
+                let claimed = ledger::claim_batch(&pool, &batch, token, 30.0, i64::MAX).await?;
                 if !hold.is_zero() {
                     // Stands in for the dispatch between claim and mark.
                     tokio::time::sleep(hold).await;

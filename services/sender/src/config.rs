@@ -1,0 +1,67 @@
+//! The sender's settings: every field is a flag and an environment variable.
+
+use herald_core::control::ControlConfig;
+
+/// Settings of the sender service.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SenderConfig {
+    /// Provider requests in flight at once on this replica.
+    #[arg(long, env = "HERALD_SENDER_CONCURRENCY", default_value_t = 32)]
+    pub concurrency: usize,
+
+    /// Send batches handled at once on this replica.
+    #[arg(long, env = "HERALD_SENDER_BATCHES", default_value_t = 4)]
+    pub batches_in_flight: usize,
+
+    /// Lease on claimed recipients, in seconds; renewed while a batch works. After a
+    /// crash, another replica takes the rows over once it expires.
+    #[arg(long, env = "HERALD_LEASE_SECONDS", default_value_t = 30.0)]
+    pub lease_seconds: f64,
+
+    /// How long a campaign status read from Postgres is trusted, in ms.
+    #[arg(long, env = "HERALD_STATUS_TTL_MS", default_value_t = 5000)]
+    pub status_ttl_ms: u64,
+
+    /// Control fast-path settings (flattened by the binary once for all services).
+    #[arg(skip)]
+    pub control: ControlConfig,
+
+    /// Attempts per recipient before it is failed (first try included).
+    #[arg(long, env = "HERALD_MAX_ATTEMPTS", default_value_t = 4)]
+    pub max_attempts: u32,
+
+    /// First retry delay, in ms; doubles per attempt.
+    #[arg(long, env = "HERALD_RETRY_BASE_MS", default_value_t = 1000)]
+    pub retry_base_ms: u64,
+
+    /// Longest retry delay (and longest honoured Retry-After), in ms.
+    #[arg(long, env = "HERALD_RETRY_MAX_MS", default_value_t = 30000)]
+    pub retry_max_ms: u64,
+
+    /// Timeout of one provider request, in ms.
+    #[arg(long, env = "HERALD_PROVIDER_TIMEOUT_MS", default_value_t = 30000)]
+    pub provider_timeout_ms: u64,
+
+    /// How long a finished dispatch's outcome may wait for others to share its
+    /// ledger write, in ms (0: write at once). Longer means fewer, larger writes,
+    /// and more requests repeated (same idempotency key) after a `kill -9`.
+    #[arg(long, env = "HERALD_OUTCOME_LINGER_MS", default_value_t = 20)]
+    pub outcome_linger_ms: u64,
+}
+
+impl Default for SenderConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 32,
+            batches_in_flight: 4,
+            lease_seconds: 30.0,
+            status_ttl_ms: 5000,
+            control: ControlConfig::default(),
+            max_attempts: 4,
+            retry_base_ms: 1000,
+            retry_max_ms: 30000,
+            provider_timeout_ms: 30000,
+            outcome_linger_ms: 20,
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Dispatching one claimed recipient: wait for its start time (its budget
+//! token), check the campaign's status right before each request, retry
+//! transient failures with backoff, and give the row back if the campaign
+//! stops being sendable meanwhile.
+//!
+//! Every attempt of a budgeted campaign starts on a token of its own: the first
+//! on the token its slice reserved, each retry on a fresh one, so retries count
+//! against the budget. A token whose start time has passed by more than
+//! [`budget::START_SLACK`] is given up for a fresh one (see `budget`).
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::budget;
+use crate::dispatch::{Attempt, OutboundMessage, RetryPolicy};
+use crate::ledger::{ClaimedRecipient, RecipientOutcome};
+use crate::plan::CampaignPlan;
+use crate::{LogFailure as _, Sender};
+
+/// How one claimed recipient ended on this replica.
+pub(crate) enum Dispatched {
+    Done(RecipientOutcome),
+    /// Not sent because the campaign stopped being sendable: release it.
+    Unsent(i64),
+}
+
+fn outcome(id: i64, attempts: i32, result: Result<Option<String>, String>) -> Dispatched {
+    let (sent, provider_message_id, error) = match result {
+        Ok(message_id) => (true, message_id, None),
+        Err(reason) => (false, None, Some(reason)),
+    };
+    Dispatched::Done(RecipientOutcome {
+        id,
+        sent,
+        provider_message_id,
+        error,
+        attempts,
+    })
+}
+
+impl Sender {
+    /// Waits for `delay`, but wakes early when a control message for the campaign
+    /// arrives. Returns false if the campaign is no longer sendable.
+    ///
+    /// A control message that lands while this is re-checking (between two
+    /// `notified()` registrations) is not lost: it bumped the cache's generation,
+    /// so the re-check in flight reads Postgres again before it answers.
+    pub(crate) async fn wait_unless_paused(&self, campaign: Uuid, delay: Duration) -> bool {
+        let waker = self.inner.cache.waker(campaign);
+        let deadline = Instant::now() + delay;
+        loop {
+            let notified = waker.notified();
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return self.sendable(campaign).await,
+                _ = notified => {
+                    if !self.sendable(campaign).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+
+    /// A failed status read counts as not sendable: fail safe.
+    pub(crate) async fn sendable(&self, campaign: Uuid) -> bool {
+        self.inner
+            .cache
+            .is_sendable(campaign)
+            .await
+            .unwrap_or_else(|error| {
+                tracing::warn!(%campaign, %error, "status check failed; holding dispatch");
+                false
+            })
+    }
+
+    /// Waits until a request may start under the campaign's budget: on `token`
+    /// if it is still usable, else on a freshly reserved one. False if the
+    /// campaign stopped being sendable (or its budget could not be read).
+    async fn start_gate(
+        &self,
+        campaign: Uuid,
+        plan: &CampaignPlan,
+        token: Option<Instant>,
+    ) -> bool {
+        if !plan.budgeted {
+            return true;
+        }
+        let mut token = token;
+        loop {
+            let at = match token {
+                Some(at) => at,
+                None => match self.reserve_one(campaign, plan).await {
+                    Some(at) => at,
+                    None => return false,
+                },
+            };
+            if !self
+                .wait_unless_paused(campaign, at.saturating_duration_since(Instant::now()))
+                .await
+            {
+                return false;
+            }
+            if Instant::now() <= at + budget::START_SLACK {
+                return true;
+            }
+            // Too late to start on it without crowding a later second.
+            metrics::counter!("herald_budget_tokens_expired_total").increment(1);
+            token = None;
+        }
+    }
+
+    /// One token, waiting (pause-aware) while the budget has none.
+    async fn reserve_one(&self, campaign: Uuid, plan: &CampaignPlan) -> Option<Instant> {
+        loop {
+            let asked = Instant::now();
+            let grant = budget::reserve(&self.inner.pool, plan.channel_id, campaign, 1, None)
+                .await
+                .log_failure(campaign, "budget reservation failed")?;
+            self.count_tokens(plan, 1, grant.granted);
+            if grant.granted > 0 {
+                return Some(asked + grant.offset(0));
+            }
+            let until = grant.wait.map_or(grant.now, |(_, until)| until);
+            let wait = (until - grant.now).to_std().unwrap_or_default();
+            if !self.wait_unless_paused(campaign, wait).await {
+                return None;
+            }
+        }
+    }
+
+    /// Sends one recipient: renders, waits for its start time, then attempts
+    /// with retries until it is accepted, rejected or out of attempts.
+    pub(crate) async fn dispatch_one(
+        &self,
+        campaign: Uuid,
+        plan: &CampaignPlan,
+        recipient: ClaimedRecipient,
+        token: Option<Instant>,
+    ) -> Dispatched {
+        let config = &self.inner.config;
+        let policy = RetryPolicy {
+            max_attempts: config.max_attempts.max(1),
+            base_delay: Duration::from_millis(config.retry_base_ms),
+            max_delay: Duration::from_millis(config.retry_max_ms),
+        };
+        let body = match plan.template.render(&recipient.variables) {
+            Ok(b) => b,
+            Err(e) => return outcome(recipient.id, 0, Err(e.to_string())),
+        };
+        let message = OutboundMessage {
+            campaign_id: campaign,
+            recipient_id: recipient.id,
+            address: recipient.address,
+            body,
+        };
+        let mut delays = policy.delays();
+        let mut attempts = 0;
+        let mut token = token;
+        loop {
+            if !self.start_gate(campaign, plan, token.take()).await {
+                return Dispatched::Unsent(recipient.id);
+            }
+            // The check that makes pause immediate: right before each request.
+            if !self.sendable(campaign).await {
+                return Dispatched::Unsent(recipient.id);
+            }
+            attempts += 1;
+            let (reason, retry_after) =
+                match self.inner.dispatcher.attempt(&plan.channel, &message).await {
+                    Attempt::Accepted {
+                        provider_message_id,
+                    } => {
+                        return outcome(recipient.id, attempts, Ok(provider_message_id));
+                    }
+                    Attempt::Rejected { reason } => {
+                        return outcome(recipient.id, attempts, Err(reason));
+                    }
+                    Attempt::Retryable {
+                        reason,
+                        retry_after,
+                    } => (reason, retry_after),
+                };
+            let Some(backoff) = delays.next() else {
+                let error = format!("gave up after {attempts} attempts: {reason}");
+                return outcome(recipient.id, attempts, Err(error));
+            };
+            let max_wait = Duration::from_millis(config.retry_max_ms).max(backoff);
+            let delay = retry_after.map_or(backoff, |ra| ra.max(backoff).min(max_wait));
+            metrics::counter!("herald_dispatch_retries_total", "provider" => plan.channel.provider()).increment(1);
+            if !self.wait_unless_paused(campaign, delay).await {
+                // Attempts so far stay unrecorded on release; the row is simply pending again.
+                return Dispatched::Unsent(recipient.id);
+            }
+        }
+    }
+}
