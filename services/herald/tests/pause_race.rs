@@ -25,10 +25,8 @@ use uuid::Uuid;
 /// The binary under test: this package's, or `HERALD_BIN` (to run these tests
 /// against another build, for example one without a fix).
 fn herald() -> PathBuf {
-    std::env::var_os("HERALD_BIN").map_or_else(
-        || PathBuf::from(env!("CARGO_BIN_EXE_herald")),
-        PathBuf::from,
-    )
+    std::env::var_os("HERALD_BIN")
+        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_herald")), PathBuf::from)
 }
 
 #[tokio::test]
@@ -59,8 +57,9 @@ async fn a_status_read_in_flight_when_a_pause_lands_does_not_keep_the_campaign_s
             .boxed()
         })
     };
-    let cache =
-        Arc::new(StatusCache::new(stack.env.pool(), Duration::from_secs(60)).with_read_hook(hook));
+    let cache = Arc::new(
+        StatusCache::new(stack.env.pool(), Duration::from_secs(60)).with_read_hook(hook),
+    );
 
     let racing_read = tokio::spawn({
         let cache = cache.clone();
@@ -86,11 +85,7 @@ async fn a_status_read_in_flight_when_a_pause_lands_does_not_keep_the_campaign_s
 }
 
 /// A campaign of `recipients` on `stack`, started.
-async fn started_campaign(
-    stack: &ProcessStack,
-    provider: &ProviderDouble,
-    recipients: usize,
-) -> Uuid {
+async fn started_campaign(stack: &ProcessStack, provider: &ProviderDouble, recipients: usize) -> Uuid {
     let id = stack.create_campaign(provider.webhook_channel()).await;
     stack.import(id, recipients).await;
     assert_eq!(stack.transition(id, "start").await.0, 200);
