@@ -60,11 +60,11 @@ fn validate_rate(rate: Option<i32>) -> ApiResult<()> {
 
 /// Where a new or edited campaign sends: a shared channel or an inline config.
 /// 422 unless exactly one is given (`required`) or at most one (`!required`).
-fn channel_source<'a>(
+fn channel_source(
     channel_id: Option<Uuid>,
-    channel: Option<&'a Channel>,
+    channel: Option<&Channel>,
     required: bool,
-) -> ApiResult<Option<Result<Uuid, &'a Channel>>> {
+) -> ApiResult<Option<Result<Uuid, &Channel>>> {
     match (channel_id, channel) {
         (Some(_), Some(_)) => Err(ApiError::validation(
             "give either channel_id or channel, not both",
