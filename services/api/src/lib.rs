@@ -1,4 +1,5 @@
-//! Herald's HTTP API (axum): campaigns, recipients and lifecycle transitions.
+//! Herald's HTTP API (axum): channels, campaigns, recipients and lifecycle
+//! transitions.
 //!
 //! Every transition is committed to Postgres through `herald_core::transitions`
 //! and then published through the outbox; this process also runs the outbox relay
@@ -71,7 +72,7 @@ impl Default for ApiConfig {
 
 /// The router, without the background tasks.
 pub fn router(state: AppState) -> Router {
-    use routes::{campaigns as c, health as h, recipients as r};
+    use routes::{campaigns as c, channels as ch, health as h, lifecycle as l, recipients as r};
     let import_limit = state.limits.import_body_bytes;
     let json_limit = state.limits.json_body_bytes;
     let imports = Router::new()
@@ -85,7 +86,17 @@ pub fn router(state: AppState) -> Router {
             "/v1/campaigns",
             post(c::create_campaign).get(c::list_campaigns),
         )
-        .route("/v1/campaigns/bulk/{action}", post(c::bulk_transition))
+        .route(
+            "/v1/channels",
+            post(ch::create_channel).get(ch::list_channels),
+        )
+        .route(
+            "/v1/channels/{id}",
+            get(ch::get_channel)
+                .patch(ch::update_channel)
+                .delete(ch::delete_channel),
+        )
+        .route("/v1/campaigns/bulk/{action}", post(l::bulk_transition))
         .route(
             "/v1/campaigns/{id}",
             get(c::get_campaign)
@@ -93,12 +104,12 @@ pub fn router(state: AppState) -> Router {
                 .delete(c::delete_campaign),
         )
         .route("/v1/campaigns/{id}/duplicate", post(c::duplicate_campaign))
-        .route("/v1/campaigns/{id}/events", get(c::campaign_events))
+        .route("/v1/campaigns/{id}/events", get(l::campaign_events))
         .route(
             "/v1/campaigns/{id}/progress",
             get(routes::progress::campaign_progress),
         )
-        .route("/v1/campaigns/{id}/{action}", post(c::transition_campaign))
+        .route("/v1/campaigns/{id}/{action}", post(l::transition_campaign))
         .layer(DefaultBodyLimit::max(json_limit))
         .merge(imports)
         .route("/healthz", get(h::healthz))

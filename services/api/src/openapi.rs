@@ -4,7 +4,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::routes::{campaigns, health, progress, recipients};
+use crate::routes::{campaigns, channels, health, lifecycle, progress, recipients};
 use crate::views::*;
 
 struct BearerAuth;
@@ -23,15 +23,20 @@ impl Modify for BearerAuth {
 #[openapi(
     info(title = "Herald", description = "Outbound message campaigns with a pause that really pauses."),
     paths(
+        channels::create_channel,
+        channels::list_channels,
+        channels::get_channel,
+        channels::update_channel,
+        channels::delete_channel,
         campaigns::create_campaign,
         campaigns::list_campaigns,
         campaigns::get_campaign,
         campaigns::update_campaign,
         campaigns::delete_campaign,
         campaigns::duplicate_campaign,
-        campaigns::transition_campaign,
-        campaigns::bulk_transition,
-        campaigns::campaign_events,
+        lifecycle::transition_campaign,
+        lifecycle::bulk_transition,
+        lifecycle::campaign_events,
         progress::campaign_progress,
         recipients::import_recipients,
         recipients::list_recipients,
@@ -41,7 +46,8 @@ impl Modify for BearerAuth {
     components(schemas(ErrorBody, ErrorDetail, CampaignView, CampaignPage, CreateCampaign, UpdateCampaign,
         TemplateSpec, ScheduleBody, BulkRequest, BulkResponse, BulkResult, EventView, EventList,
         RecipientImport, RecipientInput, ImportResult, RejectedRow, RecipientView, RecipientPage,
-        progress::Progress)),
+        progress::Progress, ChannelView, ChannelPage, CreateChannel, UpdateChannel, RateLimit, WaitingView,
+        herald_core::send_window::SendWindow, herald_core::send_window::Day)),
     modifiers(&BearerAuth)
 )]
 #[derive(Debug)]

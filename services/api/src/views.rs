@@ -3,8 +3,10 @@
 use chrono::{DateTime, Utc};
 use herald_core::campaigns::{Campaign, Counters};
 use herald_core::channel::Channel;
+use herald_core::channels::ChannelRow;
 use herald_core::lifecycle::Status;
-use serde::{Deserialize, Serialize};
+use herald_core::send_window::SendWindow;
+use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -15,13 +17,23 @@ pub struct TemplateSpec {
     pub body: String,
 }
 
+/// A new campaign: exactly one of `channel_id` (a shared channel) and `channel`
+/// (an inline config, which becomes a private channel of this campaign).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCampaign {
     #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
-    pub channel: Channel,
+    /// A channel of this tenant (`POST /v1/channels`); its budget is shared.
+    #[serde(default)]
+    pub channel_id: Option<Uuid>,
+    /// An inline channel config, used by this campaign alone.
+    #[serde(default)]
+    pub channel: Option<Channel>,
     pub template: TemplateSpec,
+    /// When this campaign may send, on top of its channel's window.
+    #[serde(default)]
+    pub send_window: Option<SendWindow>,
     #[serde(default)]
     pub scheduled_at: Option<DateTime<Utc>>,
     #[serde(default)]
@@ -35,8 +47,15 @@ pub struct CreateCampaign {
 pub struct UpdateCampaign {
     #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: Option<String>,
+    /// Move the draft to this channel of the tenant (not with `channel`).
+    pub channel_id: Option<Uuid>,
+    /// A new inline config: the draft gets a new private channel.
     pub channel: Option<Channel>,
     pub template: Option<TemplateSpec>,
+    /// The campaign's own send window; `null` removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<SendWindow>)]
+    pub send_window: Option<Option<SendWindow>>,
     pub scheduled_at: Option<DateTime<Utc>>,
     #[schema(minimum = 1, maximum = 100000)]
     pub rate_limit_per_second: Option<i32>,
@@ -50,13 +69,21 @@ pub struct CampaignView {
     /// Bumped by every change; send it back in `If-Match`.
     pub version: i64,
     pub run_epoch: i32,
-    /// The channel with secrets replaced by `***`.
+    /// The channel this campaign sends through.
+    pub channel_id: Uuid,
+    /// That channel's config with secrets replaced by `***`.
     #[schema(value_type = Object)]
     pub channel: serde_json::Value,
     #[schema(value_type = Object)]
     pub template: serde_json::Value,
     pub scheduled_at: Option<DateTime<Utc>>,
+    /// An extra cap for this campaign alone, in messages per second.
     pub rate_limit_per_second: Option<i32>,
+    /// The campaign's own send window, if any.
+    pub send_window: Option<SendWindow>,
+    /// Why a sending campaign is not moving; null when it is not sending or
+    /// not waiting.
+    pub waiting: Option<WaitingView>,
     pub counters: Counters,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -75,10 +102,19 @@ impl From<Campaign> for CampaignView {
             status: c.status,
             version: c.version,
             run_epoch: c.run_epoch,
+            channel_id: c.channel_id,
             channel,
             template: c.template,
             scheduled_at: c.scheduled_at,
             rate_limit_per_second: c.rate_limit_per_second,
+            send_window: c.send_window.and_then(|w| serde_json::from_value(w).ok()),
+            waiting: c
+                .waiting
+                .filter(|_| c.status == Status::Sending)
+                .map(|w| WaitingView {
+                    reason: w.reason,
+                    until: w.until,
+                }),
             counters: c.counters,
             created_at: c.created_at,
             updated_at: c.updated_at,
@@ -86,6 +122,128 @@ impl From<Campaign> for CampaignView {
             finished_at: c.finished_at,
         }
     }
+}
+
+/// Why a sending campaign is not moving right now.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WaitingView {
+    /// `rate_limit`, `send_window`, `daily_cap` or `ab_decision`.
+    #[schema(pattern = "^(rate_limit|send_window|daily_cap|ab_decision)$")]
+    pub reason: String,
+    /// When it expects to move again (RFC 3339); null when it cannot tell.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// For PATCH fields where `null` means "remove": absent is `None`, `null` is
+/// `Some(None)`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+/// A channel's send budget, shared by every campaign on the channel.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    /// Requests started per second across every replica; 1 to 100000.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 100000)]
+    pub per_second: Option<i32>,
+    /// Requests started per local calendar day (the window's time zone, UTC
+    /// without one); 1 to 1000000000.
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000000000)]
+    pub per_day: Option<i32>,
+}
+
+/// A new channel.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateChannel {
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
+    pub name: String,
+    /// The provider config, as a campaign's inline `channel` takes it.
+    pub config: Channel,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+    #[serde(default)]
+    pub send_window: Option<SendWindow>,
+}
+
+/// PATCH body of a channel: any field; `null` removes `rate_limit` or
+/// `send_window`. `config` is replaced whole (secrets included).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateChannel {
+    #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
+    pub name: Option<String>,
+    pub config: Option<Channel>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<RateLimit>)]
+    pub rate_limit: Option<Option<RateLimit>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<SendWindow>)]
+    pub send_window: Option<Option<SendWindow>>,
+}
+
+/// A channel as clients see it: secrets in `config` are `***`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ChannelView {
+    pub id: Uuid,
+    pub name: String,
+    /// The provider config with `secret` and `api_key` replaced by `***`.
+    #[schema(value_type = Object)]
+    pub config: serde_json::Value,
+    /// Null when the channel has no limit.
+    pub rate_limit: Option<RateLimit>,
+    /// Null when the channel may always send.
+    pub send_window: Option<SendWindow>,
+    /// Bumped by every change.
+    pub version: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<ChannelRow> for ChannelView {
+    fn from(row: ChannelRow) -> Self {
+        let config = serde_json::from_value::<Channel>(row.config)
+            .map(|ch| ch.redacted())
+            .unwrap_or(serde_json::Value::Null);
+        let rate_limit = (row.per_second.is_some() || row.per_day.is_some()).then_some(RateLimit {
+            per_second: row.per_second,
+            per_day: row.per_day,
+        });
+        Self {
+            id: row.id,
+            name: row.name,
+            config,
+            rate_limit,
+            send_window: row.send_window.and_then(|w| serde_json::from_value(w).ok()),
+            version: row.version,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ChannelPage {
+    pub items: Vec<ChannelView>,
+    /// Pass as `cursor` to get the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelListQuery {
+    pub cursor: Option<String>,
+    /// 1 to 500, default 50.
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<i64>,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]

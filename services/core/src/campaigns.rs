@@ -13,6 +13,9 @@ pub struct Campaign {
     pub id: Uuid,
     pub tenant_id: Uuid,
     pub name: String,
+    /// The channel this campaign sends through (`channels.id`).
+    pub channel_id: Uuid,
+    /// The provider config of that channel, secrets included; Null if unreadable.
     pub channel: serde_json::Value,
     pub template: serde_json::Value,
     pub status: Status,
@@ -21,11 +24,25 @@ pub struct Campaign {
     pub packed_epoch: i32,
     pub scheduled_at: Option<DateTime<Utc>>,
     pub rate_limit_per_second: Option<i32>,
+    /// The campaign's own send window (a `SendWindow` as JSON), if any.
+    pub send_window: Option<serde_json::Value>,
+    /// Why the campaign is not moving, as the sender last recorded it
+    /// (`campaign_waits`); None when it is not waiting.
+    pub waiting: Option<Waiting>,
     pub counters: Counters,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A row of `campaign_waits`: why a sending campaign is not moving.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    /// `rate_limit`, `send_window`, `daily_cap` or `ab_decision`.
+    pub reason: String,
+    /// When the sender expects to move again; None when it cannot tell.
+    pub until: Option<DateTime<Utc>>,
 }
 
 /// Recipients per ledger state.
@@ -45,8 +62,16 @@ pub struct Counters {
 /// `RETURNING` (the table must not be aliased). The ledger counters are the
 /// campaign's own columns (what imports write) plus its counter shards (what
 /// claims, marks and releases write; see migrations/0002_hot_ledger.sql).
-pub const CAMPAIGN_COLUMNS: &str = "id, tenant_id, name, channel, template, status, version, run_epoch, \
-    packed_epoch, scheduled_at, rate_limit_per_second, total_count, \
+/// `channel` is the config of the campaign's channel row (the campaign's own
+/// `channel` column is legacy and no longer written), and `waiting_reason` /
+/// `waiting_until` come from `campaign_waits`.
+pub const CAMPAIGN_COLUMNS: &str = "id, tenant_id, name, channel_id, \
+    (SELECT ch.config FROM channels ch WHERE ch.id = campaigns.channel_id) AS channel, \
+    template, status, version, run_epoch, \
+    packed_epoch, scheduled_at, rate_limit_per_second, send_window, \
+    (SELECT w.reason FROM campaign_waits w WHERE w.campaign_id = campaigns.id) AS waiting_reason, \
+    (SELECT w.until FROM campaign_waits w WHERE w.campaign_id = campaigns.id) AS waiting_until, \
+    total_count, \
     pending_count + (SELECT coalesce(sum(d.pending), 0)::bigint FROM campaign_counter_deltas d WHERE d.campaign_id = campaigns.id) AS pending_count, \
     sending_count + (SELECT coalesce(sum(d.sending), 0)::bigint FROM campaign_counter_deltas d WHERE d.campaign_id = campaigns.id) AS sending_count, \
     sent_count + (SELECT coalesce(sum(d.sent), 0)::bigint FROM campaign_counter_deltas d WHERE d.campaign_id = campaigns.id) AS sent_count, \
@@ -60,7 +85,10 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Campaign {
             id: row.try_get("id")?,
             tenant_id: row.try_get("tenant_id")?,
             name: row.try_get("name")?,
-            channel: row.try_get("channel")?,
+            channel_id: row.try_get("channel_id")?,
+            channel: row
+                .try_get::<Option<serde_json::Value>, _>("channel")?
+                .unwrap_or_default(),
             template: row.try_get("template")?,
             status: status
                 .parse()
@@ -70,6 +98,16 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Campaign {
             packed_epoch: row.try_get("packed_epoch")?,
             scheduled_at: row.try_get("scheduled_at")?,
             rate_limit_per_second: row.try_get("rate_limit_per_second")?,
+            send_window: row.try_get("send_window")?,
+            waiting: row
+                .try_get::<Option<String>, _>("waiting_reason")?
+                .map(|reason| -> Result<Waiting, sqlx::Error> {
+                    Ok(Waiting {
+                        reason,
+                        until: row.try_get("waiting_until")?,
+                    })
+                })
+                .transpose()?,
             counters: Counters {
                 total: row.try_get("total_count")?,
                 pending: row.try_get("pending_count")?,

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod bus;
 pub mod campaigns;
 pub mod channel;
+pub mod channels;
 pub mod config;
 pub mod contracts;
 pub mod control;

@@ -87,6 +87,8 @@ enum Command {
     },
     /// Operate campaigns through the HTTP API: create, import, start, watch, ...
     Campaign(cli::campaign::CampaignArgs),
+    /// Operate channels through the HTTP API: create, list, show, update, delete.
+    Channel(cli::channel::ChannelArgs),
     /// Read lifecycle events straight from JetStream.
     Events(cli::events::EventsArgs),
     /// List and replay dead letters.
@@ -184,9 +186,11 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Services log at info; the operator CLI keeps stderr for its own messages.
     let default_level = match cli.command {
-        Command::Campaign(_) | Command::Events(_) | Command::Dlq(_) | Command::Tokens { .. } => {
-            "warn"
-        }
+        Command::Campaign(_)
+        | Command::Channel(_)
+        | Command::Events(_)
+        | Command::Dlq(_)
+        | Command::Tokens { .. } => "warn",
         _ => "info",
     };
     init_logging(&cli.log_format, default_level);
@@ -238,6 +242,7 @@ async fn main() -> anyhow::Result<()> {
         }
         // The operator CLI exits with its own codes (1 API error, 2 usage).
         Command::Campaign(args) => std::process::exit(cli::campaign::run(args).await),
+        Command::Channel(args) => std::process::exit(cli::channel::run(args).await),
         Command::Events(args) => std::process::exit(cli::events::run(args).await),
         Command::Dlq(args) => std::process::exit(cli::dlq::run(args).await),
     }

@@ -2000,6 +2000,11 @@ async fn the_openapi_document_lists_every_route_with_its_parameters_where_the_ap
     let ops = operations(&doc);
     let listed: BTreeSet<String> = ops.iter().map(Operation::label).collect();
     let expected: BTreeSet<String> = [
+        "POST /v1/channels",
+        "GET /v1/channels",
+        "GET /v1/channels/{id}",
+        "PATCH /v1/channels/{id}",
+        "DELETE /v1/channels/{id}",
         "POST /v1/campaigns",
         "GET /v1/campaigns",
         "GET /v1/campaigns/{id}",
@@ -2026,6 +2031,8 @@ async fn the_openapi_document_lists_every_route_with_its_parameters_where_the_ap
         .map(|op| (op.label(), op.body_schemas.clone()))
         .collect();
     let expected_bodies: BTreeMap<String, Vec<String>> = [
+        ("POST /v1/channels", "CreateChannel"),
+        ("PATCH /v1/channels/{id}", "UpdateChannel"),
         ("POST /v1/campaigns", "CreateCampaign"),
         ("PATCH /v1/campaigns/{id}", "UpdateCampaign"),
         ("POST /v1/campaigns/{id}/{action}", "ScheduleBody"),
@@ -2075,6 +2082,19 @@ async fn the_openapi_document_lists_every_route_with_its_parameters_where_the_ap
             assert!(op.responses.contains(&401), "{label} does not document 401");
         }
     }
+    let channels_query: BTreeMap<&str, bool> = ops
+        .iter()
+        .find(|op| op.label() == "GET /v1/channels")
+        .expect("listed")
+        .params
+        .iter()
+        .filter(|p| p.location == "query")
+        .map(|p| (p.name.as_str(), p.required))
+        .collect();
+    assert_eq!(
+        channels_query,
+        BTreeMap::from([("cursor", false), ("limit", false)])
+    );
     // The list filters are optional query parameters.
     for label in ["GET /v1/campaigns", "GET /v1/campaigns/{id}/recipients"] {
         let op = ops.iter().find(|op| op.label() == label).expect("listed");

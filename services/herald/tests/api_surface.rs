@@ -313,7 +313,9 @@ async fn a_campaign_shows_its_counters_and_its_version_as_etag_and_never_a_webho
     let (_, list) = stack.call(Method::GET, "/v1/campaigns", None).await;
     assert_eq!(list["items"][0]["channel"]["secret"], "***");
     // The secret itself is kept: the sender needs it.
-    let stored: Value = sqlx::query_scalar("SELECT channel FROM campaigns WHERE id = $1")
+    let stored: Value = sqlx::query_scalar(
+        "SELECT ch.config FROM campaigns c JOIN channels ch ON ch.id = c.channel_id WHERE c.id = $1",
+    )
         .bind(id)
         .fetch_one(&stack.env.pool())
         .await

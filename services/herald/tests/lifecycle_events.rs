@@ -449,7 +449,8 @@ async fn two_relays_against_one_database_publish_every_event_exactly_once_in_ord
     let mut campaigns = Vec::new();
     for _ in 0..20 {
         let id = Uuid::new_v4();
-        sqlx::query("INSERT INTO campaigns (id, tenant_id, name, channel, template, status) VALUES ($1, $2, 'c', '{\"provider\":\"log\"}', '{\"body\":\"x\"}', 'draft')")
+        sqlx::query("WITH ch AS (INSERT INTO channels (id, tenant_id, name, config, private) VALUES ($1, $2, 'campaign c', '{\"provider\":\"log\"}', true))
+                     INSERT INTO campaigns (id, tenant_id, name, channel_id, template, status) VALUES ($1, $2, 'c', $1, '{\"body\":\"x\"}', 'draft')")
             .bind(id).bind(tenant).execute(&pool).await.unwrap();
         for action in [
             Action::Start,

@@ -1,34 +1,28 @@
-//! Campaign endpoints: create, list, read, edit, delete, duplicate, transitions,
-//! bulk transitions and the event history.
+//! Campaign endpoints: create, list, read, edit, delete and duplicate. Each
+//! campaign sends through a channel (`channel_id`, or a private channel made from
+//! an inline `channel` object); lifecycle transitions live in `lifecycle`.
 
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use base64::Engine;
 use chrono::{DateTime, Datelike, Utc};
 use herald_core::campaigns::{CAMPAIGN_COLUMNS, Campaign, fetch_campaign};
 use herald_core::channel::Channel;
-use herald_core::lifecycle::{Action, Status};
+use herald_core::channels::{self, NewChannel};
+use herald_core::lifecycle::Status;
 use herald_core::template::MessageTemplate;
-use herald_core::transitions::{TransitionRequest, append_event};
-use sqlx::{Postgres, Row, Transaction};
+use herald_core::transitions::append_event;
+use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, AuthTenant, IfMatch, RequestCorrelation};
+use crate::routes::common::{
+    decode_cursor, encode_cursor, page_limit, validate_channel, validate_name, validate_window,
+    window_json,
+};
 use crate::state::AppState;
 use crate::views::*;
-
-fn validate_name(name: &str) -> ApiResult<()> {
-    if name.trim().is_empty() || name.chars().count() > 200 {
-        return Err(ApiError::validation("name must be 1 to 200 characters"));
-    }
-    if name.contains('\0') {
-        return Err(ApiError::validation("name must not contain NUL characters"));
-    }
-    Ok(())
-}
 
 fn validate_template(template: &TemplateSpec) -> ApiResult<()> {
     if template.body.is_empty() || template.body.len() > 10_000 {
@@ -45,18 +39,8 @@ fn validate_template(template: &TemplateSpec) -> ApiResult<()> {
     Ok(())
 }
 
-fn validate_channel(channel: &Channel) -> ApiResult<()> {
-    channel.validate().map_err(ApiError::validation)?;
-    if contains_nul(&serde_json::to_value(channel).unwrap_or_default()) {
-        return Err(ApiError::validation(
-            "channel must not contain NUL characters",
-        ));
-    }
-    Ok(())
-}
-
 /// chrono reads years Postgres cannot store (before 4713 BC): keep to 4-digit years.
-fn validate_scheduled_at(at: Option<DateTime<Utc>>) -> ApiResult<()> {
+pub(crate) fn validate_scheduled_at(at: Option<DateTime<Utc>>) -> ApiResult<()> {
     if at.is_some_and(|at| !(1..=9999).contains(&at.year())) {
         return Err(ApiError::validation(
             "scheduled_at must be a time between the years 1 and 9999",
@@ -74,23 +58,75 @@ fn validate_rate(rate: Option<i32>) -> ApiResult<()> {
     }
 }
 
+/// Where a new or edited campaign sends: a shared channel or an inline config.
+/// 422 unless exactly one is given (`required`) or at most one (`!required`).
+fn channel_source(
+    channel_id: Option<Uuid>,
+    channel: Option<&Channel>,
+    required: bool,
+) -> ApiResult<Option<Result<Uuid, &Channel>>> {
+    match (channel_id, channel) {
+        (Some(_), Some(_)) => Err(ApiError::validation(
+            "give either channel_id or channel, not both",
+        )),
+        (Some(id), None) => Ok(Some(Ok(id))),
+        (None, Some(channel)) => {
+            validate_channel(channel)?;
+            Ok(Some(Err(channel)))
+        }
+        (None, None) if required => Err(ApiError::validation(
+            "give channel_id (a channel of this tenant) or an inline channel object",
+        )),
+        (None, None) => Ok(None),
+    }
+}
+
+/// The channel id a campaign named `name` will reference: the shared channel
+/// (422 if it is not one of this tenant's) or a new private channel.
+async fn resolve_channel(
+    tx: &mut Transaction<'_, Postgres>,
+    tenant: Uuid,
+    name: &str,
+    source: Result<Uuid, &Channel>,
+) -> ApiResult<Uuid> {
+    match source {
+        Ok(id) => {
+            if !channels::claim_shared_channel(tx, id, tenant).await? {
+                return Err(ApiError::validation(format!(
+                    "channel_id {id} does not name a channel of this tenant \
+                     (unknown, deleted or another tenant's)"
+                )));
+            }
+            Ok(id)
+        }
+        Err(inline) => {
+            let config = serde_json::to_value(inline).unwrap_or_default();
+            let new = NewChannel::private_for(name, config);
+            Ok(channels::insert_channel(&mut **tx, tenant, &new).await?.id)
+        }
+    }
+}
+
 async fn insert_campaign(
     tx: &mut Transaction<'_, Postgres>,
     tenant: Uuid,
+    channel_id: Uuid,
     body: &CreateCampaign,
 ) -> Result<Uuid, sqlx::Error> {
     let id = Uuid::new_v4();
     sqlx::query(
-        "INSERT INTO campaigns (id, tenant_id, name, channel, template, status, scheduled_at, rate_limit_per_second)
-         VALUES ($1, $2, $3, $4, $5, 'draft', $6, $7)",
+        "INSERT INTO campaigns (id, tenant_id, name, channel_id, template, status, scheduled_at,
+                                rate_limit_per_second, send_window)
+         VALUES ($1, $2, $3, $4, $5, 'draft', $6, $7, $8)",
     )
     .bind(id)
     .bind(tenant)
     .bind(body.name.trim())
-    .bind(serde_json::to_value(&body.channel).unwrap_or_default())
+    .bind(channel_id)
     .bind(serde_json::to_value(&body.template).unwrap_or_default())
     .bind(body.scheduled_at)
     .bind(body.rate_limit_per_second)
+    .bind(window_json(body.send_window.as_ref()))
     .execute(&mut **tx)
     .await?;
     Ok(id)
@@ -112,12 +148,17 @@ pub async fn create_campaign(
     ApiJson(body): ApiJson<CreateCampaign>,
 ) -> ApiResult<impl IntoResponse> {
     validate_name(&body.name)?;
-    validate_channel(&body.channel)?;
+    let source = channel_source(body.channel_id, body.channel.as_ref(), true)?
+        .ok_or_else(|| ApiError::validation("give channel_id or channel"))?;
     validate_template(&body.template)?;
     validate_rate(body.rate_limit_per_second)?;
     validate_scheduled_at(body.scheduled_at)?;
+    if let Some(window) = &body.send_window {
+        validate_window(window)?;
+    }
     let mut tx = state.pool.begin().await?;
-    let id = insert_campaign(&mut tx, auth.0.id, &body).await?;
+    let channel_id = resolve_channel(&mut tx, auth.0.id, body.name.trim(), source).await?;
+    let id = insert_campaign(&mut tx, auth.0.id, channel_id, &body).await?;
     append_event(
         &mut tx,
         id,
@@ -135,26 +176,6 @@ pub async fn create_campaign(
     Ok((
         StatusCode::CREATED,
         axum::Json(CampaignView::from(campaign)),
-    ))
-}
-
-fn encode_cursor(created_at: DateTime<Utc>, id: Uuid) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(format!("{}|{id}", created_at.to_rfc3339()))
-}
-
-fn decode_cursor(cursor: &str) -> ApiResult<(DateTime<Utc>, Uuid)> {
-    let bad = || ApiError::validation("cursor is not valid");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(cursor)
-        .map_err(|_| bad())?;
-    let text = String::from_utf8(raw).map_err(|_| bad())?;
-    let (at, id) = text.split_once('|').ok_or_else(bad)?;
-    Ok((
-        DateTime::parse_from_rfc3339(at)
-            .map_err(|_| bad())?
-            .with_timezone(&Utc),
-        id.parse().map_err(|_| bad())?,
     ))
 }
 
@@ -189,10 +210,7 @@ pub async fn list_campaigns(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<axum::Json<CampaignPage>> {
     let Query(query) = query?;
-    let limit = query.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::validation("limit must be between 1 and 500"));
-    }
+    let limit = page_limit(query.limit)?;
     let after = query.cursor.as_deref().map(decode_cursor).transpose()?;
     let mut rows = list_campaign_page(&state, auth.0.id, query.status, after, limit + 1).await?;
     let next_cursor = if rows.len() as i64 > limit {
@@ -267,26 +285,24 @@ fn require_draft(campaign: &Campaign, what: &str, if_match: Option<IfMatch>) -> 
 async fn apply_update(
     tx: &mut Transaction<'_, Postgres>,
     id: Uuid,
+    channel_id: Option<Uuid>,
     body: &UpdateCampaign,
 ) -> Result<Campaign, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE campaigns SET
              name = coalesce($2, name),
-             channel = coalesce($3, channel),
+             channel_id = coalesce($3, channel_id),
              template = coalesce($4, template),
              scheduled_at = coalesce($5, scheduled_at),
              rate_limit_per_second = coalesce($6, rate_limit_per_second),
+             send_window = CASE WHEN $7 THEN $8 ELSE send_window END,
              version = version + 1,
              updated_at = now()
          WHERE id = $1 RETURNING {CAMPAIGN_COLUMNS}"
     )))
     .bind(id)
     .bind(body.name.as_deref().map(str::trim))
-    .bind(
-        body.channel
-            .as_ref()
-            .map(|c| serde_json::to_value(c).unwrap_or_default()),
-    )
+    .bind(channel_id)
     .bind(
         body.template
             .as_ref()
@@ -294,6 +310,10 @@ async fn apply_update(
     )
     .bind(body.scheduled_at)
     .bind(body.rate_limit_per_second)
+    .bind(body.send_window.is_some())
+    .bind(window_json(
+        body.send_window.as_ref().and_then(Option::as_ref),
+    ))
     .fetch_one(&mut **tx)
     .await
 }
@@ -317,20 +337,38 @@ pub async fn update_campaign(
     if let Some(name) = &body.name {
         validate_name(name)?;
     }
-    if let Some(channel) = &body.channel {
-        validate_channel(channel)?;
-    }
+    let source = channel_source(body.channel_id, body.channel.as_ref(), false)?;
     if let Some(template) = &body.template {
         validate_template(template)?;
     }
     validate_rate(body.rate_limit_per_second)?;
     validate_scheduled_at(body.scheduled_at)?;
+    if let Some(Some(window)) = &body.send_window {
+        validate_window(window)?;
+    }
     let mut tx = state.pool.begin().await?;
+    // A shared channel is locked before the campaign, in the order a channel
+    // delete takes them, so the two never deadlock.
+    if let Some(Ok(channel_id)) = source {
+        resolve_channel(&mut tx, auth.0.id, "", Ok(channel_id)).await?;
+    }
     let current = lock_tenant_campaign(&mut tx, id, auth.0.id)
         .await?
         .ok_or_else(ApiError::not_found)?;
     require_draft(&current, "edited", if_match)?;
-    let updated = apply_update(&mut tx, id, &body).await?;
+    let channel_id = match source {
+        None => None,
+        Some(Ok(shared)) => Some(shared),
+        Some(Err(inline)) => {
+            let name = body.name.as_deref().unwrap_or(&current.name).trim();
+            Some(resolve_channel(&mut tx, auth.0.id, name, Err(inline)).await?)
+        }
+    };
+    if channel_id.is_some_and(|new| new != current.channel_id) {
+        // The draft's own channel is of no use to anyone once it moves.
+        channels::retire_private_channel(&mut tx, current.channel_id).await?;
+    }
+    let updated = apply_update(&mut tx, id, channel_id, &body).await?;
     // Every version has its event, so the history explains every change.
     let payload = serde_json::json!({"from": "draft", "to": "draft", "version": updated.version, "runEpoch": 0});
     append_event(&mut tx, id, "updated", payload, &auth.actor(&correlation)).await?;
@@ -360,8 +398,25 @@ pub async fn delete_campaign(
         .bind(id)
         .execute(&mut *tx)
         .await?;
+    channels::retire_private_channel(&mut tx, current.channel_id).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The copy's channel: a new private copy of the source's private channel (a
+/// budget of its own), or the same shared channel.
+async fn copy_channel(
+    tx: &mut Transaction<'_, Postgres>,
+    source: &Campaign,
+    copy_name: &str,
+) -> Result<Uuid, sqlx::Error> {
+    if channels::is_private(&mut **tx, source.channel_id).await? == Some(true) {
+        if let Some(copy) = channels::copy_private_channel(tx, source.channel_id, copy_name).await?
+        {
+            return Ok(copy);
+        }
+    }
+    Ok(source.channel_id)
 }
 
 async fn copy_campaign(
@@ -369,20 +424,28 @@ async fn copy_campaign(
     source: Uuid,
     tenant: Uuid,
 ) -> Result<Option<Uuid>, sqlx::Error> {
+    let Some(original) = fetch_campaign(&mut **tx, source, Some(tenant)).await? else {
+        return Ok(None);
+    };
+    let name: String = format!("{} (copy)", original.name)
+        .chars()
+        .take(200)
+        .collect();
+    let channel_id = copy_channel(tx, &original, &name).await?;
     let id = Uuid::new_v4();
-    let copied = sqlx::query(
-        "INSERT INTO campaigns (id, tenant_id, name, channel, template, status, rate_limit_per_second)
-         SELECT $1, tenant_id, left(name || ' (copy)', 200), channel, template, 'draft', rate_limit_per_second
+    sqlx::query(
+        "INSERT INTO campaigns (id, tenant_id, name, channel_id, template, status,
+                                rate_limit_per_second, send_window)
+         SELECT $1, tenant_id, $4, $5, template, 'draft', rate_limit_per_second, send_window
          FROM campaigns WHERE id = $2 AND tenant_id = $3",
     )
     .bind(id)
     .bind(source)
     .bind(tenant)
+    .bind(&name)
+    .bind(channel_id)
     .execute(&mut **tx)
     .await?;
-    if copied.rows_affected() == 0 {
-        return Ok(None);
-    }
     // The recipient list comes along, every row pending again.
     let rows = sqlx::query(
         "INSERT INTO recipients (campaign_id, address, variables)
@@ -433,183 +496,4 @@ pub async fn duplicate_campaign(
         StatusCode::CREATED,
         axum::Json(CampaignView::from(campaign)),
     ))
-}
-
-fn parse_action(action: &str) -> ApiResult<Action> {
-    match action {
-        "schedule" => Ok(Action::Schedule),
-        "unschedule" => Ok(Action::Unschedule),
-        "start" => Ok(Action::Start),
-        "pause" => Ok(Action::Pause),
-        "resume" => Ok(Action::Resume),
-        "stop" => Ok(Action::Stop),
-        _ => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("unknown action {action:?}"),
-        )),
-    }
-}
-
-#[utoipa::path(post, path = "/v1/campaigns/{id}/{action}",
-    params(("id" = Uuid, Path), ("action" = String, Path, description = "schedule, unschedule, start, pause, resume or stop"),
-           ("If-Match" = Option<i64>, Header, nullable = false, description = "expected campaign version")),
-    request_body(content = Option<ScheduleBody>, description = "only for schedule"),
-    responses((status = 200, body = CampaignView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody),
-              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
-    security(("bearer" = [])), tag = "lifecycle")]
-pub async fn transition_campaign(
-    State(state): State<AppState>,
-    auth: AuthTenant,
-    correlation: RequestCorrelation,
-    path: Result<Path<(Uuid, String)>, axum::extract::rejection::PathRejection>,
-    if_match: Option<IfMatch>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> ApiResult<impl IntoResponse> {
-    let Path((id, action)) = path?;
-    let action = parse_action(&action)?;
-    // Over the body limit: 413 in the JSON error shape, not axum's plain text.
-    let body = body?;
-    let schedule: ScheduleBody = if body.iter().all(u8::is_ascii_whitespace) {
-        ScheduleBody::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            if e.is_syntax() || e.is_eof() {
-                ApiError::bad_request("request body is not valid JSON")
-            } else {
-                ApiError::validation(e.to_string())
-            }
-        })?
-    };
-    // Bound into the transition's UPDATE whatever the action.
-    validate_scheduled_at(schedule.scheduled_at)?;
-    let done = state
-        .lifecycle
-        .apply(TransitionRequest {
-            campaign_id: id,
-            tenant_id: Some(auth.0.id),
-            action,
-            expected_version: if_match.map(|m| m.0),
-            scheduled_at: schedule.scheduled_at,
-            actor: auth.actor(&correlation),
-        })
-        .await?;
-    tracing::info!(campaign_id = %id, %action, from = %done.from, to = %done.campaign.status, "transition committed");
-    let etag = format!("\"{}\"", done.campaign.version);
-    Ok((
-        [(axum::http::header::ETAG, etag)],
-        axum::Json(CampaignView::from(done.campaign)),
-    ))
-}
-
-#[utoipa::path(post, path = "/v1/campaigns/bulk/{action}",
-    params(("action" = String, Path, description = "pause, resume or stop")),
-    request_body = BulkRequest,
-    responses((status = 200, body = BulkResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
-              (status = 422, body = ErrorBody)),
-    security(("bearer" = [])), tag = "lifecycle")]
-pub async fn bulk_transition(
-    State(state): State<AppState>,
-    auth: AuthTenant,
-    correlation: RequestCorrelation,
-    action: Result<Path<String>, axum::extract::rejection::PathRejection>,
-    body: Result<ApiJson<BulkRequest>, ApiError>,
-) -> ApiResult<axum::Json<BulkResponse>> {
-    let Path(action) = action?;
-    let action = match action.as_str() {
-        "pause" => Action::Pause,
-        "resume" => Action::Resume,
-        "stop" => Action::Stop,
-        other => {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("unknown bulk action {other:?}"),
-            ));
-        }
-    };
-    // An unknown action is a 404 whatever the body; only then is the body checked.
-    let ApiJson(body) = body?;
-    if body.ids.is_empty() || body.ids.len() > 1000 {
-        return Err(ApiError::validation("ids must hold 1 to 1000 campaign ids"));
-    }
-    let mut results = Vec::with_capacity(body.ids.len());
-    for id in body.ids {
-        let outcome = state
-            .lifecycle
-            .apply(TransitionRequest {
-                campaign_id: id,
-                tenant_id: Some(auth.0.id),
-                action,
-                expected_version: None,
-                scheduled_at: None,
-                actor: auth.actor(&correlation),
-            })
-            .await;
-        results.push(match outcome {
-            Ok(done) => BulkResult {
-                id,
-                ok: true,
-                status: Some(done.campaign.status),
-                error: None,
-            },
-            Err(error) => {
-                let error = ApiError::from(error);
-                if error.status == StatusCode::SERVICE_UNAVAILABLE {
-                    return Err(error);
-                }
-                BulkResult {
-                    id,
-                    ok: false,
-                    status: None,
-                    error: Some(error.body()["error"].clone()),
-                }
-            }
-        });
-    }
-    Ok(axum::Json(BulkResponse { results }))
-}
-
-async fn list_events(state: &AppState, campaign: Uuid) -> Result<Vec<EventView>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT id, seq, type, payload, actor, correlation_id, request_correlation_id, created_at, published_at
-         FROM campaign_events WHERE campaign_id = $1 ORDER BY seq",
-    )
-    .bind(campaign)
-    .fetch_all(&state.pool)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(EventView {
-                id: r.try_get("id")?,
-                seq: r.try_get("seq")?,
-                event_type: r.try_get("type")?,
-                payload: r.try_get("payload")?,
-                actor: r.try_get("actor")?,
-                correlation_id: r.try_get("correlation_id")?,
-                request_correlation_id: r.try_get("request_correlation_id")?,
-                created_at: r.try_get("created_at")?,
-                published_at: r.try_get("published_at")?,
-            })
-        })
-        .collect()
-}
-
-#[utoipa::path(get, path = "/v1/campaigns/{id}/events", params(("id" = Uuid, Path)),
-    responses((status = 200, body = EventList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
-    security(("bearer" = [])), tag = "campaigns")]
-pub async fn campaign_events(
-    State(state): State<AppState>,
-    auth: AuthTenant,
-    id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,
-) -> ApiResult<axum::Json<EventList>> {
-    let Path(id) = id?;
-    fetch_campaign(&state.pool, id, Some(auth.0.id))
-        .await?
-        .ok_or_else(ApiError::not_found)?;
-    Ok(axum::Json(EventList {
-        items: list_events(&state, id).await?,
-    }))
 }

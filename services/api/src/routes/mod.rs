@@ -1,6 +1,9 @@
 //! HTTP handlers, one module per resource.
 
 pub mod campaigns;
+pub mod channels;
+pub mod common;
 pub mod health;
+pub mod lifecycle;
 pub mod progress;
 pub mod recipients;

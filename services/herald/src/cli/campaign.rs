@@ -78,11 +78,14 @@ pub enum Provider {
 }
 
 #[derive(Debug, Args)]
-#[command(group(ArgGroup::new("channel_source").required(true).args(["channel", "provider"])))]
+#[command(group(ArgGroup::new("channel_source").required(true).args(["channel_id", "channel", "provider"])))]
 pub struct CreateArgs {
     /// Campaign name (1 to 200 characters).
     #[arg(long)]
     pub name: String,
+    /// A channel of this tenant (`herald channel create`), sharing its budget.
+    #[arg(long, conflicts_with_all = ["channel", "provider", "url", "secret"])]
+    pub channel_id: Option<Uuid>,
     /// The channel as JSON, e.g. `{"provider":"evolution","base_url":...}`.
     #[arg(long, value_parser = parse_json_object, conflicts_with_all = ["provider", "url", "secret"])]
     pub channel: Option<Value>,
@@ -193,6 +196,17 @@ async fn execute(client: &ApiClient, command: CampaignCommand, json: bool) -> Re
 }
 
 fn create_body(create: CreateArgs) -> Result<Value, CliError> {
+    if let Some(channel_id) = create.channel_id {
+        return Ok(finish_body(
+            json!({
+                "name": create.name,
+                "channel_id": channel_id,
+                "template": {"body": create.template},
+            }),
+            create.scheduled_at,
+            create.rate_limit,
+        ));
+    }
     let channel = match (create.channel, create.provider) {
         (Some(channel), _) => channel,
         (None, Some(Provider::Log)) => {
@@ -218,18 +232,22 @@ fn create_body(create: CreateArgs) -> Result<Value, CliError> {
             return Err(CliError::Usage("pass --channel or --provider".into()));
         }
     };
-    let mut body = json!({
+    let body = json!({
         "name": create.name,
         "channel": channel,
         "template": {"body": create.template},
     });
-    if let Some(at) = create.scheduled_at {
+    Ok(finish_body(body, create.scheduled_at, create.rate_limit))
+}
+
+fn finish_body(mut body: Value, scheduled_at: Option<DateTime<Utc>>, rate: Option<i32>) -> Value {
+    if let Some(at) = scheduled_at {
         body["scheduled_at"] = json!(at);
     }
-    if let Some(rate) = create.rate_limit {
+    if let Some(rate) = rate {
         body["rate_limit_per_second"] = json!(rate);
     }
-    Ok(body)
+    body
 }
 
 /// Streams the CSV from disk (or stdin) without reading it into memory.
@@ -353,6 +371,7 @@ fn print_campaign(campaign: &Value, json: bool) {
         ("status", cell(&campaign["status"])),
         ("version", cell(&campaign["version"])),
         ("run epoch", cell(&campaign["run_epoch"])),
+        ("channel id", cell(&campaign["channel_id"])),
         ("channel", cell(&campaign["channel"])),
         ("template", cell(&campaign["template"]["body"])),
         ("rate limit", rate),
@@ -458,6 +477,7 @@ mod tests {
     fn a_webhook_without_url_is_a_usage_error() {
         let create = CreateArgs {
             name: "n".into(),
+            channel_id: None,
             channel: None,
             provider: Some(Provider::Webhook),
             url: None,

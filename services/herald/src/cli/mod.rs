@@ -1,4 +1,4 @@
-//! The operator CLI: `herald campaign ...` talks to the HTTP API, `herald events
+//! The operator CLI: `herald campaign ...` and `herald channel ...` talk to the HTTP API, `herald events
 //! tail` and `herald dlq ...` read JetStream directly.
 //!
 //! Output is a table for people by default and the API's JSON with `--json`.
@@ -8,6 +8,7 @@
 //! stdout, so scripts can read `.error.code`.
 
 pub mod campaign;
+pub mod channel;
 pub mod dlq;
 pub mod events;
 pub mod sse;

@@ -1,0 +1,197 @@
+//! Lifecycle endpoints of a campaign: one transition (`schedule`, `start`,
+//! `pause`, ...), bulk transitions over many campaigns, and the event history.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use herald_core::campaigns::fetch_campaign;
+use herald_core::lifecycle::Action;
+use herald_core::transitions::TransitionRequest;
+use sqlx::Row;
+use uuid::Uuid;
+
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::extract::{ApiJson, AuthTenant, IfMatch, RequestCorrelation};
+use crate::routes::campaigns::validate_scheduled_at;
+use crate::state::AppState;
+use crate::views::*;
+
+fn parse_action(action: &str) -> ApiResult<Action> {
+    match action {
+        "schedule" => Ok(Action::Schedule),
+        "unschedule" => Ok(Action::Unschedule),
+        "start" => Ok(Action::Start),
+        "pause" => Ok(Action::Pause),
+        "resume" => Ok(Action::Resume),
+        "stop" => Ok(Action::Stop),
+        _ => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("unknown action {action:?}"),
+        )),
+    }
+}
+
+#[utoipa::path(post, path = "/v1/campaigns/{id}/{action}",
+    params(("id" = Uuid, Path), ("action" = String, Path, description = "schedule, unschedule, start, pause, resume or stop"),
+           ("If-Match" = Option<i64>, Header, nullable = false, description = "expected campaign version")),
+    request_body(content = Option<ScheduleBody>, description = "only for schedule"),
+    responses((status = 200, body = CampaignView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])), tag = "lifecycle")]
+pub async fn transition_campaign(
+    State(state): State<AppState>,
+    auth: AuthTenant,
+    correlation: RequestCorrelation,
+    path: Result<Path<(Uuid, String)>, axum::extract::rejection::PathRejection>,
+    if_match: Option<IfMatch>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let Path((id, action)) = path?;
+    let action = parse_action(&action)?;
+    // Over the body limit: 413 in the JSON error shape, not axum's plain text.
+    let body = body?;
+    let schedule: ScheduleBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ScheduleBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            if e.is_syntax() || e.is_eof() {
+                ApiError::bad_request("request body is not valid JSON")
+            } else {
+                ApiError::validation(e.to_string())
+            }
+        })?
+    };
+    // Bound into the transition's UPDATE whatever the action.
+    validate_scheduled_at(schedule.scheduled_at)?;
+    let done = state
+        .lifecycle
+        .apply(TransitionRequest {
+            campaign_id: id,
+            tenant_id: Some(auth.0.id),
+            action,
+            expected_version: if_match.map(|m| m.0),
+            scheduled_at: schedule.scheduled_at,
+            actor: auth.actor(&correlation),
+        })
+        .await?;
+    tracing::info!(campaign_id = %id, %action, from = %done.from, to = %done.campaign.status, "transition committed");
+    let etag = format!("\"{}\"", done.campaign.version);
+    Ok((
+        [(axum::http::header::ETAG, etag)],
+        axum::Json(CampaignView::from(done.campaign)),
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/campaigns/bulk/{action}",
+    params(("action" = String, Path, description = "pause, resume or stop")),
+    request_body = BulkRequest,
+    responses((status = 200, body = BulkResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
+              (status = 422, body = ErrorBody)),
+    security(("bearer" = [])), tag = "lifecycle")]
+pub async fn bulk_transition(
+    State(state): State<AppState>,
+    auth: AuthTenant,
+    correlation: RequestCorrelation,
+    action: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: Result<ApiJson<BulkRequest>, ApiError>,
+) -> ApiResult<axum::Json<BulkResponse>> {
+    let Path(action) = action?;
+    let action = match action.as_str() {
+        "pause" => Action::Pause,
+        "resume" => Action::Resume,
+        "stop" => Action::Stop,
+        other => {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("unknown bulk action {other:?}"),
+            ));
+        }
+    };
+    // An unknown action is a 404 whatever the body; only then is the body checked.
+    let ApiJson(body) = body?;
+    if body.ids.is_empty() || body.ids.len() > 1000 {
+        return Err(ApiError::validation("ids must hold 1 to 1000 campaign ids"));
+    }
+    let mut results = Vec::with_capacity(body.ids.len());
+    for id in body.ids {
+        let outcome = state
+            .lifecycle
+            .apply(TransitionRequest {
+                campaign_id: id,
+                tenant_id: Some(auth.0.id),
+                action,
+                expected_version: None,
+                scheduled_at: None,
+                actor: auth.actor(&correlation),
+            })
+            .await;
+        results.push(match outcome {
+            Ok(done) => BulkResult {
+                id,
+                ok: true,
+                status: Some(done.campaign.status),
+                error: None,
+            },
+            Err(error) => {
+                let error = ApiError::from(error);
+                if error.status == StatusCode::SERVICE_UNAVAILABLE {
+                    return Err(error);
+                }
+                BulkResult {
+                    id,
+                    ok: false,
+                    status: None,
+                    error: Some(error.body()["error"].clone()),
+                }
+            }
+        });
+    }
+    Ok(axum::Json(BulkResponse { results }))
+}
+
+async fn list_events(state: &AppState, campaign: Uuid) -> Result<Vec<EventView>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT id, seq, type, payload, actor, correlation_id, request_correlation_id, created_at, published_at
+         FROM campaign_events WHERE campaign_id = $1 ORDER BY seq",
+    )
+    .bind(campaign)
+    .fetch_all(&state.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(EventView {
+                id: r.try_get("id")?,
+                seq: r.try_get("seq")?,
+                event_type: r.try_get("type")?,
+                payload: r.try_get("payload")?,
+                actor: r.try_get("actor")?,
+                correlation_id: r.try_get("correlation_id")?,
+                request_correlation_id: r.try_get("request_correlation_id")?,
+                created_at: r.try_get("created_at")?,
+                published_at: r.try_get("published_at")?,
+            })
+        })
+        .collect()
+}
+
+#[utoipa::path(get, path = "/v1/campaigns/{id}/events", params(("id" = Uuid, Path)),
+    responses((status = 200, body = EventList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])), tag = "campaigns")]
+pub async fn campaign_events(
+    State(state): State<AppState>,
+    auth: AuthTenant,
+    id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,
+) -> ApiResult<axum::Json<EventList>> {
+    let Path(id) = id?;
+    fetch_campaign(&state.pool, id, Some(auth.0.id))
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok(axum::Json(EventList {
+        items: list_events(&state, id).await?,
+    }))
+}
