@@ -69,7 +69,10 @@ async fn a_slice_takes_the_start_times_of_the_next_100_ms_spaced_a_guarded_secon
     let second = budget::reserve(&pool, channel, campaign, 500, Some(now))
         .await
         .unwrap();
-    assert_eq!(second.granted, 0, "the next start time is 103 ms away: {second:?}");
+    assert_eq!(
+        second.granted, 0,
+        "the next start time is 103 ms away: {second:?}"
+    );
     let later = budget::reserve(
         &pool,
         channel,
@@ -80,7 +83,10 @@ async fn a_slice_takes_the_start_times_of_the_next_100_ms_spaced_a_guarded_secon
     .await
     .unwrap();
     assert_eq!(later.granted, 1, "{later:?}");
-    assert_eq!(later.first_start, now + chrono::Duration::microseconds(103_000));
+    assert_eq!(
+        later.first_start,
+        now + chrono::Duration::microseconds(103_000)
+    );
     // Over a simulated minute, never more than 20 starts in any 1 s window.
     let mut starts = Vec::new();
     let mut clock = now + chrono::Duration::seconds(1);
@@ -99,7 +105,10 @@ async fn a_slice_takes_the_start_times_of_the_next_100_ms_spaced_a_guarded_secon
             .iter()
             .take_while(|s| **s < *start + chrono::Duration::seconds(1))
             .count();
-        assert!(in_window <= 20, "{in_window} starts in the second from {start}");
+        assert!(
+            in_window <= 20,
+            "{in_window} starts in the second from {start}"
+        );
     }
     let rate = starts.len() as f64 / 60.0;
     assert!(rate >= 19.0, "achieved {rate:.2}/s of 20/s");
@@ -125,7 +134,10 @@ async fn the_stricter_of_the_channel_budget_and_the_campaign_cap_spaces_the_star
     // 5 s at 2/s, spaced 515 ms: 10 starts, and never 3 within one second.
     assert_eq!(starts.len(), 10, "{starts:?}");
     for pair in starts.windows(3) {
-        assert!(pair[2] - pair[0] >= chrono::Duration::seconds(1), "{pair:?}");
+        assert!(
+            pair[2] - pair[0] >= chrono::Duration::seconds(1),
+            "{pair:?}"
+        );
     }
     stack.stop().await;
 }
@@ -146,18 +158,30 @@ async fn a_used_up_daily_cap_waits_for_the_next_local_midnight_and_then_sends_ag
         .await
         .unwrap();
     assert_eq!(grant.granted, 1, "only 1 of the day's 3 is left");
-    let capped = budget::reserve(&pool, channel, campaign, 2, Some(at("2026-12-02T02:59:59Z")))
-        .await
-        .unwrap();
+    let capped = budget::reserve(
+        &pool,
+        channel,
+        campaign,
+        2,
+        Some(at("2026-12-02T02:59:59Z")),
+    )
+    .await
+    .unwrap();
     assert_eq!(capped.granted, 0);
     assert_eq!(
         capped.wait,
         Some((WaitReason::DailyCap, at("2026-12-02T03:00:00Z"))),
         "waits until midnight in Sao Paulo"
     );
-    let next_day = budget::reserve(&pool, channel, campaign, 5, Some(at("2026-12-02T03:00:01Z")))
-        .await
-        .unwrap();
+    let next_day = budget::reserve(
+        &pool,
+        channel,
+        campaign,
+        5,
+        Some(at("2026-12-02T03:00:01Z")),
+    )
+    .await
+    .unwrap();
     assert_eq!(next_day.granted, 3, "a new local day, a new cap");
     stack.stop().await;
 }

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use herald_sender::status_cache::StatusCache;
-use herald_testkit::faults::{ProcessStack, wait_until};
+use herald_testkit::faults::{ProcessStack, Role, wait_until};
 use herald_testkit::{NatsServer, ProviderDouble, Stack, test_sender_config};
 use tokio::sync::{Notify, oneshot};
 use uuid::Uuid;
@@ -141,14 +141,20 @@ const LATE: Duration = Duration::from_millis(250);
 /// would show as requests between `LATE` and the resume.
 const HELD: Duration = Duration::from_millis(1_300);
 
-/// Three senders with the production defaults for requests in flight (32) and
-/// batch size (500), and eight batches each: a sender holds over a second of
-/// claimed rows, so a stale `sending` would keep it going well past `LATE`,
-/// and the 32 dispatches that find an expired entry at once make the TTL
-/// re-read a busy moment.
+/// Three senders with the production defaults for requests in flight (32),
+/// batch size (500) and lease (30 s, so a slow machine never lets a lease
+/// expire under a live sender), eight batches each and three Postgres
+/// connections each: a sender holds over a second of claimed rows, so a stale
+/// `sending` would keep it going well past `LATE`, and its status re-reads
+/// queue behind claims and outcome writes, so a pause often lands while one
+/// is in flight.
 async fn three_sender_stack(nats: &NatsServer) -> ProcessStack {
-    ProcessStack::start(&herald(), &nats.url(), 1, 3, |_, env| {
-        env.set("HERALD_SENDER_BATCHES", "8")
+    ProcessStack::start(&herald(), &nats.url(), 1, 3, |role, env| match role {
+        Role::Sender(_) => env
+            .set("HERALD_SENDER_BATCHES", "8")
+            .set("HERALD_DB_MAX_CONNECTIONS", "3")
+            .set("HERALD_LEASE_SECONDS", "30"),
+        _ => env.set("HERALD_LEASE_SECONDS", "30"),
     })
     .await
 }

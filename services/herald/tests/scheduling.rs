@@ -86,21 +86,44 @@ async fn two_campaigns_on_a_20_per_second_channel_never_exceed_it_across_three_s
     let provider = ProviderDouble::start(Duration::from_millis(5)).await;
     let nats = NatsServer::start().await;
     let stack = stack_with_senders(&nats, 3).await;
-    let channel = create_channel(&stack, &provider, json!({"rate_limit": {"per_second": 20}})).await;
+    let channel =
+        create_channel(&stack, &provider, json!({"rate_limit": {"per_second": 20}})).await;
     let first = start_campaign(&stack, json!({"channel_id": channel}), 150).await;
     let second = start_campaign(&stack, json!({"channel_id": channel}), 150).await;
-    stack.wait_for_status(first, Status::Completed, Duration::from_secs(60)).await;
-    stack.wait_for_status(second, Status::Completed, Duration::from_secs(60)).await;
+    stack
+        .wait_for_status(first, Status::Completed, Duration::from_secs(60))
+        .await;
+    stack
+        .wait_for_status(second, Status::Completed, Duration::from_secs(60))
+        .await;
     let requests = provider.requests();
     let (worst, rate) = worst_second_and_rate(&requests);
     eprintln!("channel at 20/s: worst second {worst}, combined rate {rate:.2}/s");
-    assert!(worst <= 20, "{worst} requests within one second at a limit of 20/s");
-    assert!(rate >= 19.0, "combined rate {rate:.2}/s is under 95% of 20/s");
+    assert!(
+        worst <= 20,
+        "{worst} requests within one second at a limit of 20/s"
+    );
+    assert!(
+        rate >= 19.0,
+        "combined rate {rate:.2}/s is under 95% of 20/s"
+    );
     assert_eq!(requests.len(), 300);
     assert!(repeated_keys(&provider).is_empty());
     // Both progressed together: each had sent some before the other finished.
-    let last_of = |c| of_campaign(&provider, c).iter().map(|r| r.started).max().unwrap();
-    let first_of = |c| of_campaign(&provider, c).iter().map(|r| r.started).min().unwrap();
+    let last_of = |c| {
+        of_campaign(&provider, c)
+            .iter()
+            .map(|r| r.started)
+            .max()
+            .unwrap()
+    };
+    let first_of = |c| {
+        of_campaign(&provider, c)
+            .iter()
+            .map(|r| r.started)
+            .min()
+            .unwrap()
+    };
     assert!(first_of(second) < last_of(first) && first_of(first) < last_of(second));
 }
 
@@ -115,7 +138,9 @@ async fn a_campaign_cap_of_2_per_second_holds_across_three_senders() {
         16,
     )
     .await;
-    let body = stack.wait_for_status(id, Status::Completed, Duration::from_secs(60)).await;
+    let body = stack
+        .wait_for_status(id, Status::Completed, Duration::from_secs(60))
+        .await;
     let mut starts: Vec<Instant> = provider.requests().iter().map(|r| r.started).collect();
     starts.sort();
     assert_eq!(starts.len(), 16, "{body}");
@@ -135,18 +160,26 @@ async fn a_small_campaign_started_behind_a_throttled_one_completes_within_two_se
     let provider = ProviderDouble::start(Duration::from_millis(5)).await;
     let nats = NatsServer::start().await;
     let stack = stack_with_senders(&nats, 2).await;
-    let throttled = create_channel(&stack, &provider, json!({"rate_limit": {"per_second": 10}})).await;
+    let throttled =
+        create_channel(&stack, &provider, json!({"rate_limit": {"per_second": 10}})).await;
     let big = start_campaign(&stack, json!({"channel_id": throttled}), 4_000).await;
-    wait_until("the throttled campaign to send", Duration::from_secs(30), || async {
-        (of_campaign(&provider, big).len() >= 20).then_some(())
-    })
+    wait_until(
+        "the throttled campaign to send",
+        Duration::from_secs(30),
+        || async { (of_campaign(&provider, big).len() >= 20).then_some(()) },
+    )
     .await;
     let started = Instant::now();
     let small = start_campaign(&stack, json!({"channel": provider.webhook_channel()}), 3).await;
-    stack.wait_for_status(small, Status::Completed, Duration::from_secs(30)).await;
+    stack
+        .wait_for_status(small, Status::Completed, Duration::from_secs(30))
+        .await;
     let took = started.elapsed();
     eprintln!("small campaign completed {took:?} after its start behind a throttled one");
-    assert!(took < Duration::from_secs(2), "the small campaign took {took:?}");
+    assert!(
+        took < Duration::from_secs(2),
+        "the small campaign took {took:?}"
+    );
     let body = stack.campaign(big).await;
     assert_eq!(body["status"], "sending");
     assert_eq!(body["waiting"]["reason"], "rate_limit", "{body}");
@@ -184,26 +217,49 @@ async fn a_closed_send_window_sends_nothing_says_so_obeys_pause_and_resume_and_o
         50,
     )
     .await;
-    let body = wait_until("the campaign to wait for its window", Duration::from_secs(15), || async {
-        let body = stack.campaign(id).await;
-        (body["waiting"]["reason"] == "send_window").then_some(body)
-    })
+    let body = wait_until(
+        "the campaign to wait for its window",
+        Duration::from_secs(15),
+        || async {
+            let body = stack.campaign(id).await;
+            (body["waiting"]["reason"] == "send_window").then_some(body)
+        },
+    )
     .await;
     assert_eq!(body["status"], "sending");
     assert_eq!(
-        body["waiting"]["until"].as_str().map(|u| u.parse::<chrono::DateTime<Utc>>().unwrap()),
+        body["waiting"]["until"]
+            .as_str()
+            .map(|u| u.parse::<chrono::DateTime<Utc>>().unwrap()),
         Some(opening),
         "{body}"
     );
     assert_eq!(stack.transition(id, "pause").await.0, 200);
     assert_eq!(stack.campaign(id).await["status"], "paused");
     assert_eq!(stack.transition(id, "resume").await.0, 200);
-    assert_eq!(provider.request_count(), 0, "nothing is sent while the window is closed");
-    assert!(Utc::now() < opening, "the checks above ran before the opening");
+    assert_eq!(
+        provider.request_count(),
+        0,
+        "nothing is sent while the window is closed"
+    );
+    assert!(
+        Utc::now() < opening,
+        "the checks above ran before the opening"
+    );
     // No call from here on: the opening alone starts the sending.
-    let body = stack.wait_for_status(id, Status::Completed, Duration::from_secs(120)).await;
-    let first = provider.requests().iter().map(|r| r.started_at).min().expect("requests");
-    assert!(first >= opening, "a request started at {first}, before the opening at {opening}");
+    let body = stack
+        .wait_for_status(id, Status::Completed, Duration::from_secs(120))
+        .await;
+    let first = provider
+        .requests()
+        .iter()
+        .map(|r| r.started_at)
+        .min()
+        .expect("requests");
+    assert!(
+        first >= opening,
+        "a request started at {first}, before the opening at {opening}"
+    );
     assert_eq!(provider.per_key().len(), 50, "{body}");
     assert!(body["waiting"].is_null(), "{body}");
 }
@@ -229,7 +285,11 @@ async fn a_sender_killed_during_a_budget_wait_loses_no_recipient_and_sends_none_
         victim.restart();
     }
     stack.assert_settled(id, 120).await;
-    assert_eq!(provider.per_key().len(), 120, "every recipient reached the provider");
+    assert_eq!(
+        provider.per_key().len(),
+        120,
+        "every recipient reached the provider"
+    );
     // A request in flight at a kill may be repeated (same idempotency key) once
     // its lease expires; at 20/s that is at most a few per kill.
     let repeats = repeated_keys(&provider);
