@@ -149,7 +149,25 @@ impl Sender {
         if claimed.is_empty() {
             return StepOutcome::Ack;
         }
-        let range_exhausted = claimed.len() < slice.tokens.len();
+        if claimed.len() == slice.tokens.len() && plan.budgeted {
+            // More rows may wait in this range: hand it back for the next slice
+            // now, while these rows go out on their start times, so the slices
+            // of a lone batch follow each other at the budget's pace instead of
+            // waiting for each other's requests and ledger writes. The rows stay
+            // leased (and renewed) until they are recorded or released.
+            let (sender, batch) = (self.clone(), batch.clone());
+            self.inner.detached.spawn(async move {
+                sender
+                    .send_claimed(&batch, &plan, claimed, slice.tokens, lease_token, None)
+                    .await;
+            });
+            return match slice.wait {
+                Some((reason, until)) => self.defer(campaign, reason, until).await,
+                None => StepOutcome::Defer {
+                    delay: Duration::ZERO,
+                },
+            };
+        }
         let ended = self
             .send_claimed(
                 &batch,
@@ -162,15 +180,6 @@ impl Sender {
             .await;
         if let Some(outcome) = ended {
             return outcome;
-        }
-        if !range_exhausted {
-            // More rows wait in this range: hand it back for the next slice.
-            return match slice.wait {
-                Some((reason, until)) => self.defer(campaign, reason, until).await,
-                None => StepOutcome::Defer {
-                    delay: Duration::ZERO,
-                },
-            };
         }
         if slice.wait.is_none() {
             self.inner.waits.sending_freely(campaign).await;

@@ -35,6 +35,7 @@ use herald_core::transitions::Lifecycle;
 use herald_core::work::{WorkerIdentity, run_work_loop};
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 pub use crate::config::SenderConfig;
@@ -66,6 +67,9 @@ struct SenderInner {
     dispatcher: Dispatcher,
     dispatch_slots: Arc<Semaphore>,
     recorder: OutcomeRecorder,
+    /// Slices a delivery handed its batch back before dispatching; shutdown
+    /// waits for them (a `kill -9` leaves their rows to lease expiry).
+    detached: TaskTracker,
     applied: Mutex<Vec<AppliedControl>>,
 }
 
@@ -119,6 +123,7 @@ impl Sender {
                     Duration::from_millis(config.outcome_linger_ms),
                     RECORD_RETRY_LIMIT,
                 ),
+                detached: TaskTracker::new(),
                 applied: Mutex::new(Vec::new()),
                 pool,
                 bus,
@@ -214,6 +219,8 @@ impl Sender {
         )
         .await?;
         pruner.abort();
+        self.inner.detached.close();
+        let _ = tokio::time::timeout(Duration::from_secs(30), self.inner.detached.wait()).await;
         if let Some(control) = control {
             let _ = control.await;
         }
