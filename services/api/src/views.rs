@@ -93,6 +93,7 @@ pub struct CampaignView {
 
 impl From<Campaign> for CampaignView {
     fn from(c: Campaign) -> Self {
+        let waiting = WaitingView::of(&c);
         let channel = serde_json::from_value::<Channel>(c.channel.clone())
             .map(|ch| ch.redacted())
             .unwrap_or(serde_json::Value::Null);
@@ -108,13 +109,7 @@ impl From<Campaign> for CampaignView {
             scheduled_at: c.scheduled_at,
             rate_limit_per_second: c.rate_limit_per_second,
             send_window: c.send_window.and_then(|w| serde_json::from_value(w).ok()),
-            waiting: c
-                .waiting
-                .filter(|_| c.status == Status::Sending)
-                .map(|w| WaitingView {
-                    reason: w.reason,
-                    until: w.until,
-                }),
+            waiting,
             counters: c.counters,
             created_at: c.created_at,
             updated_at: c.updated_at,
@@ -125,13 +120,27 @@ impl From<Campaign> for CampaignView {
 }
 
 /// Why a sending campaign is not moving right now.
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WaitingView {
     /// `rate_limit`, `send_window`, `daily_cap` or `ab_decision`.
     #[schema(pattern = "^(rate_limit|send_window|daily_cap|ab_decision)$")]
     pub reason: String,
     /// When it expects to move again (RFC 3339); null when it cannot tell.
     pub until: Option<DateTime<Utc>>,
+}
+
+impl WaitingView {
+    /// The campaign's wait, shown only while it is sending.
+    pub fn of(campaign: &Campaign) -> Option<Self> {
+        campaign
+            .waiting
+            .clone()
+            .filter(|_| campaign.status == Status::Sending)
+            .map(|w| WaitingView {
+                reason: w.reason,
+                until: w.until,
+            })
+    }
 }
 
 /// For PATCH fields where `null` means "remove": absent is `None`, `null` is

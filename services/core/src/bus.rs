@@ -142,7 +142,7 @@ impl Bus {
             })?;
         let js = jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(5))
-            // Stay well under the server's 5,000 pending-ack backpressure (DESIGN.md).
+            // Stay well under the server's 5,000 pending-ack backpressure (docs/SCALING.md).
             .max_ack_inflight(1024)
             .build(client.clone());
         Ok(Self {

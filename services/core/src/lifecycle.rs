@@ -160,7 +160,7 @@ impl InvalidTransition {
     }
 }
 
-/// The transition table of DESIGN.md, as a pure function.
+/// The transition table of docs/ARCHITECTURE.md, as a pure function.
 pub fn next_status(from: Status, action: Action) -> Result<Status, InvalidTransition> {
     use Action as A;
     use Status as S;
@@ -183,7 +183,7 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
-    /// DESIGN.md's table, written out edge by edge.
+    /// docs/ARCHITECTURE.md's table, written out edge by edge.
     fn design_edges() -> HashSet<(Status, Status)> {
         use Status::*;
         [

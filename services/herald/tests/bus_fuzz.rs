@@ -1,4 +1,4 @@
-//! Bus fuzz (DESIGN.md invariant 7, "bad messages are contained"): random and
+//! Bus fuzz (docs/ARCHITECTURE.md invariant 7, "bad messages are contained"): random and
 //! adversarial payloads on every subject Herald consumes (`campaigns.pack`,
 //! `campaigns.send`, `campaigns.control.<id>`), against an in-process stack of
 //! one api, one packer and two senders.

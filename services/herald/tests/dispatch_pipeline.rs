@@ -1,5 +1,5 @@
 //! The dispatch pipeline end to end: packer and sender replicas in-process, real
-//! Postgres and NATS, a local HTTP provider double (DESIGN.md invariants 2 to 6).
+//! Postgres and NATS, a local HTTP provider double (docs/ARCHITECTURE.md invariants 2 to 6).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};

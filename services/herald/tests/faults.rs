@@ -2,7 +2,7 @@
 //! separate OS processes, each test on its own nats-server and its own Postgres
 //! cluster, with the provider double as the webhook. Processes are `kill -9`ed,
 //! servers are stopped under them, messages are duplicated, and the provider
-//! hangs; every scenario then checks DESIGN.md invariants 1, 4 and 8 and the
+//! hangs; every scenario then checks docs/ARCHITECTURE.md invariants 1, 4 and 8 and the
 //! degraded modes:
 //!
 //! - every recipient reached the provider once (or, where a crash or a provider

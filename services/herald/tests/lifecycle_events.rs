@@ -1,6 +1,6 @@
 //! The lifecycle over real Postgres and NATS: every transition commits projection
 //! and event together, reaches JetStream with its event id as `Nats-Msg-Id`, and
-//! survives a NATS outage (DESIGN.md invariants 1 and 3, issue "Foundation").
+//! survives a NATS outage (docs/ARCHITECTURE.md invariants 1 and 3, issue "Foundation").
 
 use std::collections::HashSet;
 use std::time::Duration;

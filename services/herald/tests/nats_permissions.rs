@@ -2,7 +2,7 @@
 //! private nats-server that runs the repository's own `nats-server.conf`:
 //! workers are refused the control subjects that only the api may publish, and
 //! api, packer and sender processes, each with its own user, still run a
-//! campaign to completion (DESIGN.md invariant 3, and the security half of
+//! campaign to completion (docs/ARCHITECTURE.md invariant 3, and the security half of
 //! issue 5).
 
 use std::path::Path;

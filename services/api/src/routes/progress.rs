@@ -1,6 +1,6 @@
 //! Live campaign progress over Server-Sent Events: `GET /v1/campaigns/{id}/progress`.
 //!
-//! The stream pushes `{status, version, counters}` whenever they change, and closes
+//! The stream pushes `{status, version, counters, waiting}` whenever they change, and closes
 //! after pushing a terminal state (stopped, completed or failed).
 //!
 //! It is fed from the bus, not by polling per client. One [`ProgressHub`] per api
@@ -11,7 +11,7 @@
 //! to. So N clients of one campaign cost one Postgres read per change rather than
 //! N, bursts of batch outcomes collapse into one read, and a campaign that nobody
 //! watches costs nothing. A slow fallback tick re-reads watched campaigns anyway,
-//! so clients still converge while NATS is down (DESIGN.md, degraded modes).
+//! so clients still converge while NATS is down (docs/RELIABILITY.md, degraded modes).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -36,6 +36,7 @@ use uuid::Uuid;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::AuthTenant;
 use crate::state::AppState;
+use crate::views::WaitingView;
 
 /// How often a watched campaign is re-read when no bus message arrives.
 pub const FALLBACK_REFRESH: Duration = Duration::from_secs(5);
@@ -53,6 +54,10 @@ pub struct Progress {
     pub status: Status,
     pub version: i64,
     pub counters: Counters,
+    /// Why the campaign is not moving (as in `GET /v1/campaigns/{id}`); null
+    /// while it sends freely or is not sending.
+    #[serde(default)]
+    pub waiting: Option<WaitingView>,
 }
 
 impl From<&Campaign> for Progress {
@@ -61,6 +66,7 @@ impl From<&Campaign> for Progress {
             status: campaign.status,
             version: campaign.version,
             counters: campaign.counters,
+            waiting: WaitingView::of(campaign),
         }
     }
 }
@@ -343,7 +349,7 @@ fn progress_stream(feed: Feed) -> impl Stream<Item = Result<Event, Infallible>> 
 #[utoipa::path(get, path = "/v1/campaigns/{id}/progress", params(("id" = Uuid, Path)),
     responses(
         (status = 200, content_type = "text/event-stream", body = Progress,
-         description = "`event: progress` with `{status, version, counters}` now and on every change; \
+         description = "`event: progress` with `{status, version, counters, waiting}` now and on every change; \
                         the stream ends after a terminal state (stopped, completed, failed)"),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])), tag = "campaigns")]

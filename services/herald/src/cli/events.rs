@@ -5,7 +5,7 @@
 //! the last sequence it saw if it is lost, so it never disturbs the services'
 //! consumers and leaves nothing behind. It starts at `now - --since`
 //! (`DeliverPolicy::ByStartTime`), never at "new", which on nats-server 2.9 could
-//! replay the whole stream after a recreate (DESIGN.md).
+//! replay the whole stream after a recreate (docs/OPERATIONS.md).
 
 use std::time::Duration;
 

@@ -274,6 +274,15 @@ impl Display {
             parts.push(format!("skipped {}", grouped(c.skipped)));
         }
         match progress.status {
+            Status::Sending if progress.waiting.is_some() => {
+                if let Some(waiting) = &progress.waiting {
+                    let until = waiting
+                        .until
+                        .map(|u| format!(" until {}", u.format("%Y-%m-%d %H:%M:%S UTC")))
+                        .unwrap_or_default();
+                    parts.push(format!("waiting: {}{until}", waiting.reason));
+                }
+            }
             Status::Sending => match self.rate.per_second() {
                 Some(rate) if rate >= 0.05 => {
                     parts.push(format!("{rate:.0}/s"));
