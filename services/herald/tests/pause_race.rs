@@ -132,19 +132,24 @@ fn started_between(
         .collect()
 }
 
-/// How late a request may start after a pause or stop response: the issue's
-/// bound, far above one control round trip and far below the status TTL (1 s
-/// in these stacks), which is how long a stale `sending` would be trusted.
+/// How late a request may start after a pause or stop response: far above one
+/// control round trip and below the senders' status TTL ([`STATUS_TTL`]), which
+/// is how long a stale `sending` would be trusted.
 const LATE: Duration = Duration::from_millis(250);
+
+/// The senders' status TTL in these stacks: long enough that a stale read shows
+/// past `LATE`, short enough that TTL re-reads (the moments a pause can race)
+/// come often.
+const STATUS_TTL: Duration = Duration::from_millis(500);
 
 /// How long each pause lasts: longer than the status TTL, so a stale read
 /// would show as requests between `LATE` and the resume.
-const HELD: Duration = Duration::from_millis(1_300);
+const HELD: Duration = Duration::from_millis(800);
 
 /// Three senders with the production defaults for requests in flight (32),
 /// batch size (500) and lease (30 s, so a slow machine never lets a lease
-/// expire under a live sender), eight batches each and three Postgres
-/// connections each: a sender holds over a second of claimed rows, so a stale
+/// expire under a live sender), a 500 ms status TTL, eight batches each and
+/// three Postgres connections each: a sender holds over a second of claimed rows, so a stale
 /// `sending` would keep it going well past `LATE`, and its status re-reads
 /// queue behind claims and outcome writes, so a pause often lands while one
 /// is in flight.
@@ -153,7 +158,8 @@ async fn three_sender_stack(nats: &NatsServer) -> ProcessStack {
         Role::Sender(_) => env
             .set("HERALD_SENDER_BATCHES", "8")
             .set("HERALD_DB_MAX_CONNECTIONS", "3")
-            .set("HERALD_LEASE_SECONDS", "30"),
+            .set("HERALD_LEASE_SECONDS", "30")
+            .set("HERALD_STATUS_TTL_MS", &STATUS_TTL.as_millis().to_string()),
         _ => env.set("HERALD_LEASE_SECONDS", "30"),
     })
     .await
@@ -194,7 +200,10 @@ async fn fifty_pauses_at_random_moments_start_no_request_more_than_250_ms_after_
         // nothing to do with when the senders last read the status.
         sent += 150;
         wait_for_campaign_requests(&provider, id, sent).await;
-        tokio::time::sleep(Duration::from_millis(rand::random_range(0..1_000))).await;
+        tokio::time::sleep(Duration::from_millis(rand::random_range(
+            0..STATUS_TTL.as_millis() as u64,
+        )))
+        .await;
         let (status, body) = stack.transition(id, "pause").await;
         assert_eq!(status, 200, "pause {round}: {body}");
         let answered = Instant::now();
@@ -233,7 +242,10 @@ async fn fifty_stops_at_random_moments_start_no_request_more_than_250_ms_after_t
         }
         let id = running.pop_front().expect("a running campaign");
         wait_for_campaign_requests(&provider, id, 150).await;
-        tokio::time::sleep(Duration::from_millis(rand::random_range(0..1_000))).await;
+        tokio::time::sleep(Duration::from_millis(rand::random_range(
+            0..STATUS_TTL.as_millis() as u64,
+        )))
+        .await;
         let (status, body) = stack.transition(id, "stop").await;
         if status == 409 && body["error"]["from"] == "completed" {
             continue;
