@@ -104,18 +104,16 @@ async fn wait_for_campaign_requests(provider: &ProviderDouble, campaign: Uuid, c
         &format!("{count} requests of {campaign}"),
         Duration::from_secs(60),
         || async {
-            let seen = provider
-                .requests()
-                .iter()
-                .filter(|r| r.body["campaign_id"] == campaign.as_str())
-                .count();
+            let seen = provider.count_matching(|r| r.body["campaign_id"] == campaign.as_str());
             (seen >= count).then_some(())
         },
     )
     .await;
 }
 
-/// Requests of `campaign` that started in `(from, until)`.
+/// How long after `from` each request of `campaign` that started in `(from,
+/// until)` started. Reads start times only: copying every recorded request
+/// while the double serves would stall it.
 fn started_between(
     provider: &ProviderDouble,
     campaign: Uuid,
@@ -124,11 +122,11 @@ fn started_between(
 ) -> Vec<Duration> {
     let campaign = campaign.to_string();
     provider
-        .requests()
-        .iter()
-        .filter(|r| r.body["campaign_id"] == campaign.as_str())
-        .filter(|r| r.started > from && r.started < until)
-        .map(|r| r.started - from)
+        .starts_matching(|r| {
+            r.started > from && r.started < until && r.body["campaign_id"] == campaign.as_str()
+        })
+        .into_iter()
+        .map(|started| started - from)
         .collect()
 }
 
@@ -163,6 +161,39 @@ async fn three_sender_stack(nats: &NatsServer) -> ProcessStack {
         _ => env.set("HERALD_LEASE_SECONDS", "30"),
     })
     .await
+}
+
+/// Asserts that no recipient reached the provider twice; on failure, shows the
+/// ledger rows and request times of a few repeated ones.
+async fn assert_sent_once(stack: &ProcessStack, provider: &ProviderDouble) {
+    let repeats = herald_testkit::faults::repeated_keys(provider);
+    if repeats.is_empty() {
+        return;
+    }
+    let pool = stack.pool();
+    let mut shown = Vec::new();
+    for key in repeats.keys().take(5) {
+        let id: i64 = key.rsplit('-').next().unwrap().parse().unwrap();
+        let row: (String, i32, Option<String>) =
+            sqlx::query_as("SELECT status, attempts, last_error FROM recipients WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        let starts: Vec<_> = provider
+            .requests()
+            .iter()
+            .filter(|r| &r.idempotency_key == key)
+            .map(|r| r.started_at.format("%H:%M:%S%.3f").to_string())
+            .collect();
+        shown.push(format!("{key}: ledger {row:?}, requests at {starts:?}"));
+    }
+    panic!(
+        "{} recipients reached the provider more than once, e.g.\n{}\n{}",
+        repeats.len(),
+        shown.join("\n"),
+        stack.logs()
+    );
 }
 
 /// Asserts that no request of `campaign` started more than `LATE` after
@@ -215,8 +246,7 @@ async fn fifty_pauses_at_random_moments_start_no_request_more_than_250_ms_after_
         assert_eq!(status, 200, "resume {round}: {body}");
     }
     eprintln!("{pauses} pauses: the latest request started {worst:?} after its pause response");
-    let repeats = herald_testkit::faults::repeated_keys(&provider);
-    assert!(repeats.is_empty(), "recipients sent twice: {repeats:?}");
+    assert_sent_once(&stack, &provider).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,6 +293,5 @@ async fn fifty_stops_at_random_moments_start_no_request_more_than_250_ms_after_t
         stopped += 1;
     }
     eprintln!("{stops} stops: the latest request started {worst:?} after its stop response");
-    let repeats = herald_testkit::faults::repeated_keys(&provider);
-    assert!(repeats.is_empty(), "recipients sent twice: {repeats:?}");
+    assert_sent_once(&stack, &provider).await;
 }

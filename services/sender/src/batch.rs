@@ -147,6 +147,13 @@ impl Sender {
             return retry_soon();
         };
         if claimed.is_empty() {
+            if plan.budgeted {
+                // The range ran out on a slice boundary: the delivery before this
+                // one claimed its last rows in the background and could not know.
+                let id = format!("more-{}-{}", batch.message_id(), batch.last_recipient_id);
+                self.ask_for_next_batch(campaign, batch.run_epoch, &id)
+                    .await;
+            }
             return StepOutcome::Ack;
         }
         if claimed.len() == slice.tokens.len() && plan.budgeted {
@@ -307,12 +314,15 @@ impl Sender {
                 tracing::warn!(campaign_id = %campaign, %error, "completion check failed");
             }
         } else if open.more_to_pack && claimed > 0 {
-            self.ask_for_next_batch(campaign, open.run_epoch, lease_token)
-                .await;
+            // One lease ends once, so its token makes a stable message id.
+            let id = format!("more-{lease_token}");
+            self.ask_for_next_batch(campaign, open.run_epoch, &id).await;
         }
     }
 
-    async fn ask_for_next_batch(&self, campaign: Uuid, run_epoch: i32, lease_token: Uuid) {
+    /// Asks the packers for one more batch of the campaign (windowed packing);
+    /// `id` de-duplicates the request on the stream.
+    async fn ask_for_next_batch(&self, campaign: Uuid, run_epoch: i32, id: &str) {
         let request = PackRequest {
             campaign_id: campaign,
             run_epoch,
@@ -322,10 +332,8 @@ impl Sender {
             batches: Some(1),
         };
         let bus = &self.inner.bus;
-        // One lease ends once, so its token makes a stable message id.
-        let id = format!("more-{lease_token}");
         if let Err(error) = bus
-            .publish_contract(bus.subjects.pack(), &request, &id, None)
+            .publish_contract(bus.subjects.pack(), &request, id, None)
             .await
         {
             tracing::warn!(campaign_id = %campaign, error = %format!("{error:#}"), "asking for the next batch failed; the sweep will");

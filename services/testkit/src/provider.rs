@@ -161,6 +161,31 @@ impl ProviderDouble {
         self.state.requests.lock().expect("lock").clone()
     }
 
+    /// How many recorded requests match `filter`, counted under the lock
+    /// without copying them (cheap enough to poll while the double is busy).
+    pub fn count_matching(&self, filter: impl Fn(&RecordedRequest) -> bool) -> usize {
+        self.state
+            .requests
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| filter(r))
+            .count()
+    }
+
+    /// The start times of the recorded requests that match `filter`, without
+    /// copying the requests.
+    pub fn starts_matching(&self, filter: impl Fn(&RecordedRequest) -> bool) -> Vec<Instant> {
+        self.state
+            .requests
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| filter(r))
+            .map(|r| r.started)
+            .collect()
+    }
+
     pub fn request_count(&self) -> usize {
         self.state.requests.lock().expect("lock").len()
     }
