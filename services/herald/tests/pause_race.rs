@@ -130,6 +130,10 @@ fn started_between(
         .collect()
 }
 
+/// The pause and stop tests each run a whole deployment of processes; run one
+/// at a time, so neither measures the other's load on a small machine.
+static ONE_STACK_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// How late a request may start after a pause or stop response: far above one
 /// control round trip and below the senders' status TTL ([`STATUS_TTL`]), which
 /// is how long a stale `sending` would be trusted.
@@ -219,6 +223,7 @@ fn assert_none_late(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_pauses_at_random_moments_start_no_request_more_than_250_ms_after_their_response() {
+    let _alone = ONE_STACK_AT_A_TIME.lock().await;
     let provider = ProviderDouble::start(Duration::from_millis(10)).await;
     let nats = NatsServer::start().await;
     let stack = three_sender_stack(&nats).await;
@@ -251,6 +256,7 @@ async fn fifty_pauses_at_random_moments_start_no_request_more_than_250_ms_after_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_stops_at_random_moments_start_no_request_more_than_250_ms_after_their_response() {
+    let _alone = ONE_STACK_AT_A_TIME.lock().await;
     let provider = ProviderDouble::start(Duration::from_millis(10)).await;
     let nats = NatsServer::start().await;
     let stack = three_sender_stack(&nats).await;

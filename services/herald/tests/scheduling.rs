@@ -20,6 +20,11 @@ fn herald() -> &'static Path {
     Path::new(env!("CARGO_BIN_EXE_herald"))
 }
 
+/// The rate and latency tests each run a whole deployment of processes; run one
+/// at a time, so none measures another's load on a small machine. (The send
+/// window test mostly waits for its window, and runs beside them.)
+static ONE_STACK_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn stack_with_senders(nats: &NatsServer, senders: usize) -> ProcessStack {
     ProcessStack::start(herald(), &nats.url(), 1, senders, |_, env| env).await
 }
@@ -83,6 +88,7 @@ fn of_campaign(provider: &ProviderDouble, campaign: Uuid) -> Vec<RecordedRequest
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_campaigns_on_a_20_per_second_channel_never_exceed_it_across_three_senders_and_both_progress()
  {
+    let _alone = ONE_STACK_AT_A_TIME.lock().await;
     let provider = ProviderDouble::start(Duration::from_millis(5)).await;
     let nats = NatsServer::start().await;
     let stack = stack_with_senders(&nats, 3).await;
@@ -129,6 +135,7 @@ async fn two_campaigns_on_a_20_per_second_channel_never_exceed_it_across_three_s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_cap_of_2_per_second_holds_across_three_senders() {
+    let _alone = ONE_STACK_AT_A_TIME.lock().await;
     let provider = ProviderDouble::start(Duration::from_millis(5)).await;
     let nats = NatsServer::start().await;
     let stack = stack_with_senders(&nats, 3).await;
@@ -157,6 +164,7 @@ async fn a_campaign_cap_of_2_per_second_holds_across_three_senders() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_campaign_started_behind_a_throttled_one_completes_within_two_seconds() {
+    let _alone = ONE_STACK_AT_A_TIME.lock().await;
     let provider = ProviderDouble::start(Duration::from_millis(5)).await;
     let nats = NatsServer::start().await;
     let stack = stack_with_senders(&nats, 2).await;
@@ -266,6 +274,7 @@ async fn a_closed_send_window_sends_nothing_says_so_obeys_pause_and_resume_and_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sender_killed_during_a_budget_wait_loses_no_recipient_and_sends_none_twice() {
+    let _alone = ONE_STACK_AT_A_TIME.lock().await;
     let provider = ProviderDouble::start(Duration::from_millis(5)).await;
     let nats = NatsServer::start().await;
     let mut stack = stack_with_senders(&nats, 2).await;
