@@ -144,14 +144,19 @@ const LATE: Duration = Duration::from_millis(250);
 /// come often.
 const STATUS_TTL: Duration = Duration::from_millis(500);
 
+/// How long each status read stays in flight after Postgres answered (fault
+/// injection): a fifth of every TTL, so a pause at a random moment lands on a
+/// read in flight at one of the three senders about half the time.
+const READ_DELAY: Duration = Duration::from_millis(100);
+
 /// How long each pause lasts: longer than the status TTL, so a stale read
 /// would show as requests between `LATE` and the resume.
 const HELD: Duration = Duration::from_millis(800);
 
 /// Three senders with the production defaults for requests in flight (32),
 /// batch size (500) and lease (30 s, so a slow machine never lets a lease
-/// expire under a live sender), a 500 ms status TTL, eight batches each and
-/// three Postgres connections each: a sender holds over a second of claimed rows, so a stale
+/// expire under a live sender), a 500 ms status TTL whose reads stay in flight
+/// 100 ms, eight batches each and three Postgres connections each: a sender holds over a second of claimed rows, so a stale
 /// `sending` would keep it going well past `LATE`, and its status re-reads
 /// queue behind claims and outcome writes, so a pause often lands while one
 /// is in flight.
@@ -161,7 +166,11 @@ async fn three_sender_stack(nats: &NatsServer) -> ProcessStack {
             .set("HERALD_SENDER_BATCHES", "8")
             .set("HERALD_DB_MAX_CONNECTIONS", "3")
             .set("HERALD_LEASE_SECONDS", "30")
-            .set("HERALD_STATUS_TTL_MS", &STATUS_TTL.as_millis().to_string()),
+            .set("HERALD_STATUS_TTL_MS", &STATUS_TTL.as_millis().to_string())
+            .set(
+                "HERALD_FAULT_STATUS_READ_DELAY_MS",
+                &READ_DELAY.as_millis().to_string(),
+            ),
         _ => env.set("HERALD_LEASE_SECONDS", "30"),
     })
     .await

@@ -22,6 +22,17 @@ pub struct SenderConfig {
     #[arg(long, env = "HERALD_STATUS_TTL_MS", default_value_t = 5000)]
     pub status_ttl_ms: u64,
 
+    /// Fault injection, for tests only: every status read waits this long (ms)
+    /// between Postgres's answer and the cache's store, so pauses land while
+    /// reads are in flight (tests/pause_race.rs). 0 in production.
+    #[arg(
+        long,
+        env = "HERALD_FAULT_STATUS_READ_DELAY_MS",
+        default_value_t = 0,
+        hide = true
+    )]
+    pub fault_status_read_delay_ms: u64,
+
     /// Control fast-path settings (flattened by the binary once for all services).
     #[arg(skip)]
     pub control: ControlConfig,
@@ -56,6 +67,7 @@ impl Default for SenderConfig {
             batches_in_flight: 4,
             lease_seconds: 30.0,
             status_ttl_ms: 5000,
+            fault_status_read_delay_ms: 0,
             control: ControlConfig::default(),
             max_attempts: 4,
             retry_base_ms: 1000,

@@ -95,6 +95,17 @@ impl<T, E: std::fmt::Display> LogFailure<T> for Result<T, E> {
     }
 }
 
+/// The status cache, with the fault-injection delay on its reads if one is set.
+fn status_cache(pool: &PgPool, ttl: Duration, read_delay_ms: u64) -> StatusCache {
+    let cache = StatusCache::new(pool.clone(), ttl);
+    if read_delay_ms == 0 {
+        return cache;
+    }
+    let delay = Duration::from_millis(read_delay_ms);
+    tracing::warn!(?delay, "fault injection: every status read is delayed");
+    cache.with_read_hook(Arc::new(move |_| Box::pin(tokio::time::sleep(delay))))
+}
+
 impl Sender {
     pub async fn connect(common: &CommonConfig, config: SenderConfig) -> anyhow::Result<Self> {
         let pool = herald_core::db::pool(common)?;
@@ -113,7 +124,7 @@ impl Sender {
         Ok(Self {
             inner: Arc::new(SenderInner {
                 lifecycle: Lifecycle::new(pool.clone(), outbox),
-                cache: StatusCache::new(pool.clone(), ttl),
+                cache: status_cache(&pool, ttl, config.fault_status_read_delay_ms),
                 plans: PlanCache::new(pool.clone(), ttl),
                 waits: Waits::new(pool.clone()),
                 dispatcher: Dispatcher::new(Duration::from_millis(config.provider_timeout_ms))?,
