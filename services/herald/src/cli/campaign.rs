@@ -303,30 +303,14 @@ async fn list(
     client: &ApiClient,
     status: Option<String>,
     limit: u32,
-    mut cursor: Option<String>,
+    cursor: Option<String>,
     all: bool,
     json: bool,
 ) -> Result<(), CliError> {
-    let mut items = Vec::new();
-    let next = loop {
-        let mut query: Vec<(&str, String)> = vec![("limit", limit.to_string())];
-        if let Some(status) = &status {
-            query.push(("status", status.clone()));
-        }
-        if let Some(cursor) = &cursor {
-            query.push(("cursor", cursor.clone()));
-        }
-        let page = client
-            .call(client.request(Method::GET, "/v1/campaigns").query(&query))
-            .await?;
-        if let Some(page_items) = page["items"].as_array() {
-            items.extend(page_items.iter().cloned());
-        }
-        cursor = page["next_cursor"].as_str().map(str::to_owned);
-        if !all || cursor.is_none() {
-            break cursor;
-        }
-    };
+    let filters: Vec<(&str, String)> = status.map(|s| ("status", s)).into_iter().collect();
+    let (items, next) = client
+        .list_pages("/v1/campaigns", &filters, limit, cursor, all)
+        .await?;
     if json {
         println!("{}", pretty(&json!({"items": items, "next_cursor": next})));
         return Ok(());

@@ -159,6 +159,37 @@ impl ApiClient {
     }
 
     /// Sends a plain request (with the default timeout) and returns its JSON body.
+    /// Lists `path` with cursor pages of `limit`: one page from `cursor`, or
+    /// with `all` every page after it. Returns the items and the cursor of the
+    /// next page (`None` after the last). `filters` go on every page's query.
+    pub async fn list_pages(
+        &self,
+        path: &str,
+        filters: &[(&str, String)],
+        limit: u32,
+        mut cursor: Option<String>,
+        all: bool,
+    ) -> Result<(Vec<Value>, Option<String>), CliError> {
+        let mut items = Vec::new();
+        loop {
+            let mut query: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+            query.extend(filters.iter().cloned());
+            if let Some(cursor) = &cursor {
+                query.push(("cursor", cursor.clone()));
+            }
+            let page = self
+                .call(self.request(reqwest::Method::GET, path).query(&query))
+                .await?;
+            if let Some(page_items) = page["items"].as_array() {
+                items.extend(page_items.iter().cloned());
+            }
+            cursor = page["next_cursor"].as_str().map(str::to_owned);
+            if !all || cursor.is_none() {
+                return Ok((items, cursor));
+            }
+        }
+    }
+
     pub async fn call(&self, request: reqwest::RequestBuilder) -> Result<Value, CliError> {
         self.send(request.timeout(REQUEST_TIMEOUT)).await
     }
