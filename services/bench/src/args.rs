@@ -87,7 +87,7 @@ pub enum LoadTool {
 pub struct BenchArgs {
     /// Recipients per campaign [throughput, memory: 1000000; pause: 200000;
     /// fanout background campaign: 20000; api: 1000 per campaign; fairness: 200000
-    /// per big campaign; rate: 10 s of the limit per campaign].
+    /// per big campaign; rate: not used, see --rate-seconds].
     #[arg(long)]
     pub recipients: Option<u64>,
 
@@ -185,6 +185,11 @@ pub struct BenchArgs {
     /// scenario's throttled channel's.
     #[arg(long, default_value_t = 50)]
     pub rate_limit: u32,
+
+    /// How long each throttled run of the rate scenario lasts at the limit: its two
+    /// campaigns have `rate_limit x rate_seconds / 2` recipients each.
+    #[arg(long, default_value_t = 20)]
+    pub rate_seconds: u64,
 
     /// Control messages published in the fanout scenario.
     #[arg(long, default_value_t = 50)]

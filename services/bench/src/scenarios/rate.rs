@@ -13,8 +13,9 @@
 //! rate is what the machine and the sink allow; against it the reader sees that
 //! the limiter, not the machine, sets the throttled rate.
 //!
-//! Each campaign has `--recipients` recipients, by default 10 s of the limit, so a
-//! throttled run takes about 20 s. The sink answers after `--sink-delay-ms` (20 ms
+//! Each campaign has `--rate-limit x --rate-seconds / 2` recipients (500 at 50/s
+//! and 20 s), so a throttled run takes about `--rate-seconds`; `--recipients` is
+//! not used here. The sink answers after `--sink-delay-ms` (20 ms
 //! by default), as a real provider would.
 
 use std::time::{Duration, Instant};
@@ -126,7 +127,7 @@ async fn measure(
 pub async fn run(args: &BenchArgs) -> anyhow::Result<ScenarioReport> {
     let started = Instant::now();
     let limit = args.rate_limit.max(1);
-    let recipients = args.recipients_or(u64::from(limit) * 10);
+    let recipients = (u64::from(limit) * args.rate_seconds / CAMPAIGNS).max(1);
     let mut counts = vec![1, args.max_senders()];
     counts.dedup();
     let mut report = ScenarioReport::new(
