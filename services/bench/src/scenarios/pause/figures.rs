@@ -101,7 +101,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<ScenarioReport> {
         fewer,
         |q, f| {
             let text = format!("<= {budget} (senders x concurrency)");
-            (q == "max").then(|| (text, f.value <= budget))
+            (q == "max").then_some((text, f.value <= budget))
         },
     );
     quantiles(
