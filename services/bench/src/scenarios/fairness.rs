@@ -108,7 +108,8 @@ impl Big {
             return Ok(false);
         }
         if body["status"] == "sending" {
-            client.must(self.campaign, "stop").await?;
+            // It may complete in between: a 409 then is as good as a stop.
+            client.transition(self.campaign, "stop").await?;
         }
         let before = self.sink.total();
         self.campaign = launch(client, self.channel, recipients).await?;
