@@ -90,6 +90,48 @@ impl ApiClient {
             .context("campaign id in the response")
     }
 
+    /// Creates a campaign on an existing channel (`channel_id`), with `Hi {{ name }}`
+    /// as its template.
+    pub async fn create_campaign_on(&self, channel_id: Uuid) -> anyhow::Result<Uuid> {
+        let body = json!({
+            "name": "bench", "channel_id": channel_id, "template": {"body": "Hi {{ name }}"}
+        });
+        let (status, body) = self
+            .call(reqwest::Method::POST, "/v1/campaigns", Some(body))
+            .await?;
+        if status != 201 {
+            bail!("creating a campaign answered {status}: {body}");
+        }
+        body["id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .context("campaign id in the response")
+    }
+
+    /// Creates a channel (`POST /v1/channels`) with `config` as its provider config
+    /// and, if given, a `rate_limit.per_second`.
+    pub async fn create_channel(
+        &self,
+        name: &str,
+        config: Value,
+        per_second: Option<u32>,
+    ) -> anyhow::Result<Uuid> {
+        let mut body = json!({"name": name, "config": config});
+        if let Some(rate) = per_second {
+            body["rate_limit"] = json!({"per_second": rate});
+        }
+        let (status, body) = self
+            .call(reqwest::Method::POST, "/v1/channels", Some(body))
+            .await?;
+        if status != 201 {
+            bail!("creating a channel answered {status}: {body}");
+        }
+        body["id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .context("channel id in the response")
+    }
+
     /// Imports `count` recipients as one streamed `text/csv` upload, generated on the
     /// fly. Returns the accepted count and how long the upload took.
     pub async fn import_csv(&self, campaign: Uuid, count: u64) -> anyhow::Result<(u64, Duration)> {

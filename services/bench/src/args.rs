@@ -17,7 +17,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Every scenario, in order: throughput, pause, fanout, memory, api.
+    /// Every scenario, in order: throughput, pause, fanout, memory, api, fairness, rate.
     All(BenchArgs),
     /// End-to-end messages/s with 1..N senders, against the sink and ledger ceilings.
     Throughput(BenchArgs),
@@ -29,6 +29,12 @@ pub enum Command {
     Memory(BenchArgs),
     /// The API under load from a second process, against GET /healthz.
     Api(BenchArgs),
+    /// A small campaign's wait behind two big ones, and two campaigns' shares,
+    /// against the same with windowed packing off.
+    Fairness(BenchArgs),
+    /// A channel's per-second limit at the sink with 1 and N senders, against the
+    /// same campaigns unthrottled.
+    Rate(BenchArgs),
     /// Drops what interrupted runs left behind: idle `herald_bench_*` databases and
     /// their streams.
     Cleanup(BenchArgs),
@@ -46,6 +52,8 @@ impl Command {
             | Command::Fanout(a)
             | Command::Memory(a)
             | Command::Api(a)
+            | Command::Fairness(a)
+            | Command::Rate(a)
             | Command::Cleanup(a) => Some(a),
             Command::Loadgen(_) => None,
         }
@@ -78,7 +86,8 @@ pub enum LoadTool {
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Recipients per campaign [throughput, memory: 1000000; pause: 200000;
-    /// fanout background campaign: 20000; api: 1000 per campaign].
+    /// fanout background campaign: 20000; api: 1000 per campaign; fairness: 200000
+    /// per big campaign; rate: not used, see --rate-seconds].
     #[arg(long)]
     pub recipients: Option<u64>,
 
@@ -148,6 +157,39 @@ pub struct BenchArgs {
     /// when the pause lands (as with a real provider).
     #[arg(long, default_value_t = 20)]
     pub pause_sink_delay_ms: u64,
+
+    /// Senders' status TTL (HERALD_STATUS_TTL_MS) in ms [pause: 1000, for both modes,
+    /// so each pause can land at a random point of it cheaply; others: 5000].
+    #[arg(long)]
+    pub status_ttl_ms: Option<u64>,
+
+    /// Pack window (HERALD_PACK_WINDOW) of the windowed runs [the default, 16].
+    /// The fairness baseline always uses 1000000 (windowing off).
+    #[arg(long)]
+    pub pack_window: Option<u32>,
+
+    /// Sink response delay in the fairness and rate scenarios, in ms [fairness: 0,
+    /// rate: 20].
+    #[arg(long)]
+    pub sink_delay_ms: Option<u64>,
+
+    /// Times the fairness scenario starts its small campaign, per mode.
+    #[arg(long, default_value_t = 20)]
+    pub tries: usize,
+
+    /// How long the fairness scenario compares two campaigns' rates, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub share_seconds: u64,
+
+    /// The rate scenario's channel limit (rate_limit.per_second), and the fairness
+    /// scenario's throttled channel's.
+    #[arg(long, default_value_t = 50)]
+    pub rate_limit: u32,
+
+    /// How long each throttled run of the rate scenario lasts at the limit: its two
+    /// campaigns have `rate_limit x rate_seconds / 2` recipients each.
+    #[arg(long, default_value_t = 20)]
+    pub rate_seconds: u64,
 
     /// Control messages published in the fanout scenario.
     #[arg(long, default_value_t = 50)]

@@ -17,6 +17,8 @@
 //! | `fanout` | share of replicas applying each control message within 1 s | one shared durable for all replicas |
 //! | `memory` | peak RSS per service at full scale | each service's idle RSS |
 //! | `api` | requests/s, p99 and errors on transitions and reads | `GET /healthz` under the same load |
+//! | `fairness` | a small campaign's first send and completion behind two big ones; two campaigns' rate ratio | the same with windowed packing off |
+//! | `rate` | worst 1 s window and achieved rate against a channel's limit, 1 and N senders | the same campaigns unthrottled |
 
 pub mod api_client;
 pub mod args;
@@ -42,12 +44,22 @@ pub async fn run(
 ) -> anyhow::Result<Report> {
     let mut report = Report::new(machine::Machine::probe(args).await);
     let wanted: &[&str] = match command {
-        Command::All(_) => &["throughput", "pause", "fanout", "memory", "api"],
+        Command::All(_) => &[
+            "throughput",
+            "pause",
+            "fanout",
+            "memory",
+            "api",
+            "fairness",
+            "rate",
+        ],
         Command::Throughput(_) => &["throughput"],
         Command::Pause(_) => &["pause"],
         Command::Fanout(_) => &["fanout"],
         Command::Memory(_) => &["memory"],
         Command::Api(_) => &["api"],
+        Command::Fairness(_) => &["fairness"],
+        Command::Rate(_) => &["rate"],
         Command::Loadgen(_) | Command::Cleanup(_) => anyhow::bail!("not a scenario"),
     };
     for name in wanted {
@@ -59,6 +71,8 @@ pub async fn run(
             "fanout" => scenarios::fanout::run(args).await?,
             "memory" => scenarios::memory::run(args).await?,
             "api" => scenarios::api_load::run(args).await?,
+            "fairness" => scenarios::fairness::run(args).await?,
+            "rate" => scenarios::rate::run(args).await?,
             other => anyhow::bail!("unknown scenario {other}"),
         };
         // The machine may be shared: say how busy it was, so a figure taken under

@@ -5,6 +5,8 @@
 //! it measures: no body parsing, no per-request allocation beyond the key's
 //! recipient id in a sharded set, and atomics for the totals that the pause
 //! scenario reads (request count and the start time of the latest request).
+//! A sink started with [`Sink::start_logged`] also keeps every request's start
+//! time, for the rate scenario's sliding windows.
 
 use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -29,6 +31,9 @@ struct SinkState {
     /// Nanoseconds after `epoch` at which the latest request started (0: none yet).
     last_start_ns: AtomicU64,
     seen: Vec<Mutex<HashSet<u64>>>,
+    /// Every request's start, ns after `epoch`, when logging (one lock per request:
+    /// only for the throttled scenarios, never for throughput).
+    starts: Option<Mutex<Vec<u64>>>,
 }
 
 /// A running sink. Cheap to clone; stops when the last [`Sink::stop`] is called.
@@ -72,6 +77,9 @@ async fn accept(
         .last_start_ns
         .fetch_max(started.max(1), Ordering::Relaxed);
     state.total.fetch_add(1, Ordering::Relaxed);
+    if let Some(starts) = &state.starts {
+        starts.lock().expect("sink start log lock").push(started);
+    }
     let key = key_of(&headers);
     let fresh = state.seen[(key as usize) % SHARDS]
         .lock()
@@ -93,6 +101,15 @@ async fn accept(
 impl Sink {
     /// Starts a sink on a free loopback port that answers after `delay`.
     pub async fn start(delay: Duration) -> anyhow::Result<Self> {
+        Self::start_with(delay, false).await
+    }
+
+    /// The same, also logging every request's start time ([`Sink::start_times`]).
+    pub async fn start_logged(delay: Duration) -> anyhow::Result<Self> {
+        Self::start_with(delay, true).await
+    }
+
+    async fn start_with(delay: Duration, log: bool) -> anyhow::Result<Self> {
         let state = Arc::new(SinkState {
             epoch: Instant::now(),
             delay,
@@ -100,6 +117,7 @@ impl Sink {
             duplicates: AtomicU64::new(0),
             last_start_ns: AtomicU64::new(0),
             seen: (0..SHARDS).map(|_| Mutex::new(HashSet::new())).collect(),
+            starts: log.then(|| Mutex::new(Vec::new())),
         });
         let app = axum::Router::new()
             .route("/send", post(accept))
@@ -141,6 +159,19 @@ impl Sink {
             0 => None,
             ns => Some(self.state.epoch + Duration::from_nanos(ns)),
         }
+    }
+
+    /// Every request's start time, sorted (empty unless started with
+    /// [`Sink::start_logged`]).
+    pub fn start_times(&self) -> Vec<Instant> {
+        let Some(starts) = &self.state.starts else {
+            return Vec::new();
+        };
+        let mut ns = starts.lock().expect("sink start log lock").clone();
+        ns.sort_unstable();
+        ns.into_iter()
+            .map(|ns| self.state.epoch + Duration::from_nanos(ns))
+            .collect()
     }
 
     /// The webhook channel of a campaign that sends here.

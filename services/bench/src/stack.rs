@@ -17,27 +17,33 @@ use crate::args::BenchArgs;
 use crate::env::BenchEnv;
 
 /// Sender settings from the command line; production defaults otherwise (status
-/// TTL 5 s, lease 30 s, retries from 1 s).
+/// TTL 5 s unless `--status-ttl-ms`, lease 30 s, retries from 1 s).
 pub fn sender_config(args: &BenchArgs, fast_path: bool) -> SenderConfig {
+    let defaults = SenderConfig::default();
     SenderConfig {
         concurrency: args.sender_concurrency.max(1),
         batches_in_flight: args.sender_batches.max(1),
+        status_ttl_ms: args.status_ttl_ms.unwrap_or(defaults.status_ttl_ms),
         control: ControlConfig {
             control_fast_path: fast_path,
             ..ControlConfig::default()
         },
-        ..SenderConfig::default()
+        ..defaults
     }
 }
 
+/// Packer settings from the command line (batch size, `--pack-window`);
+/// production defaults otherwise (pack window 16).
 pub fn packer_config(args: &BenchArgs, fast_path: bool) -> PackerConfig {
+    let defaults = PackerConfig::default();
     PackerConfig {
         batch_size: args.batch_size.max(1),
+        pack_window: args.pack_window.unwrap_or(defaults.pack_window).max(1),
         control: ControlConfig {
             control_fast_path: fast_path,
             ..ControlConfig::default()
         },
-        ..PackerConfig::default()
+        ..defaults
     }
 }
 
@@ -153,14 +159,22 @@ pub async fn with_stack<T>(
     fast_path: bool,
     body: impl AsyncFnOnce(&InProcessStack) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    let stack = InProcessStack::start(
-        env,
-        packers,
-        senders,
-        packer_config(args, fast_path),
-        sender_config(args, fast_path),
-    )
-    .await?;
+    let packer = packer_config(args, fast_path);
+    let sender = sender_config(args, fast_path);
+    with_stack_configs(env, packers, senders, packer, sender, body).await
+}
+
+/// [`with_stack`] with explicit service settings (a scenario's own status TTL or
+/// pack window).
+pub async fn with_stack_configs<T>(
+    env: &BenchEnv,
+    packers: usize,
+    senders: usize,
+    packer: PackerConfig,
+    sender: SenderConfig,
+    body: impl AsyncFnOnce(&InProcessStack) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let stack = InProcessStack::start(env, packers, senders, packer, sender).await?;
     let result = body(&stack).await;
     let stopped = stack.stop().await;
     let value = result?;

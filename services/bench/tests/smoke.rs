@@ -36,7 +36,9 @@ const EXPECTED: &[(&str, &[&str])] = &[
             "apply_ms_p99",
             "apply_ms_max",
             "apply_from_request_ms_p99",
+            "last_request_ms_p50",
             "last_request_ms_p99",
+            "last_request_ms_max",
             "effective_ms_p50",
             "effective_ms_p99",
             "effective_ms_max",
@@ -72,6 +74,33 @@ const EXPECTED: &[(&str, &[&str])] = &[
             "other_4xx",
         ],
     ),
+    (
+        "fairness",
+        &[
+            "first_send_ms_p50",
+            "first_send_ms_p99",
+            "first_send_ms_max",
+            "complete_ms_p50",
+            "complete_ms_p99",
+            "complete_ms_max",
+            "share_ratio_pct",
+            "share_rate_first",
+            "share_rate_second",
+            "timed_out_tries",
+        ],
+    ),
+    (
+        "rate",
+        &[
+            "worst_window_x_limit_senders_1",
+            "worst_window_x_limit_senders_2",
+            "worst_window_requests_senders_1",
+            "achieved_x_limit_senders_1",
+            "achieved_x_limit_senders_2",
+            "achieved_req_per_s_senders_2",
+            "duplicates_senders_1",
+        ],
+    ),
 ];
 
 #[test]
@@ -99,6 +128,16 @@ fn the_harness_runs_every_scenario_at_a_tiny_scale_and_reports_every_figure() {
             "8",
         ])
         .args(["--campaigns", "2", "--memory-mode", "in-process"])
+        // fairness: 2 small campaigns per mode, 1 s of shares; rate: 2 s per run
+        // at the default 50/s (2 campaigns of 50).
+        .args([
+            "--tries",
+            "2",
+            "--share-seconds",
+            "1",
+            "--rate-seconds",
+            "2",
+        ])
         .args([
             "--sink-baseline-requests",
             "2000",
@@ -112,14 +151,14 @@ fn the_harness_runs_every_scenario_at_a_tiny_scale_and_reports_every_figure() {
         .spawn()
         .expect("herald-bench starts");
     // A hung harness must fail the test, not the CI run.
-    let deadline = Instant::now() + Duration::from_secs(240);
+    let deadline = Instant::now() + Duration::from_secs(600);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
         if Instant::now() >= deadline {
             let _ = child.kill();
-            panic!("herald-bench all did not finish within 240 s");
+            panic!("herald-bench all did not finish within 600 s");
         }
         std::thread::sleep(Duration::from_millis(200));
     };

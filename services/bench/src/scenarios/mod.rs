@@ -1,10 +1,12 @@
-//! The five scenarios, and the end-to-end campaign run that throughput and memory
+//! The seven scenarios, and the end-to-end campaign run that throughput and memory
 //! share.
 
 pub mod api_load;
+pub mod fairness;
 pub mod fanout;
 pub mod memory;
 pub mod pause;
+pub mod rate;
 pub mod throughput;
 
 use std::time::{Duration, Instant};

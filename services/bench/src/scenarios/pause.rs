@@ -8,11 +8,20 @@
 //!   response started (0 when none did);
 //! - **overshoot**: how many provider requests started after the response.
 //!
+//! Each pause lands at a random moment of the senders' status TTL: before it, the
+//! scenario sleeps a uniformly random time in [0, TTL). (The resume before it
+//! refreshed every cache, so without the sleep no TTL re-read would ever be in
+//! flight when a pause lands.) The TTL is `--status-ttl-ms`, 1000 ms by default
+//! here for both modes (production: 5000), so 200 iterations stay within a few
+//! minutes. The last-request figure (p99 and max over all pauses) is the one that
+//! shows a re-read racing a pause.
+//!
 //! Baseline, same invocation: the same with the control fast path off
-//! (`HERALD_CONTROL_FAST_PATH=false` for senders and packers, status TTL 5 s), so
+//! (`HERALD_CONTROL_FAST_PATH=false` for senders and packers, same status TTL), so
 //! senders notice the pause only when their cached status expires. Without a
 //! control listener nothing records an apply time, so the baseline's effective
-//! latency is its last request.
+//! latency is its last request. Targets: apply p99 < 50 ms, effective p99 >= 50x
+//! faster than the baseline, overshoot <= senders x concurrency.
 //!
 //! The sink answers after a delay (20 ms by default) so requests are in flight when
 //! the pause lands, as with a real provider. A campaign that runs low is replaced
@@ -23,15 +32,16 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use herald_core::contracts::ControlAction;
-use serde_json::json;
 use uuid::Uuid;
 
 use crate::args::BenchArgs;
 use crate::env::with_env;
-use crate::report::{Figure, RatioKind, ScenarioReport};
 use crate::sink::Sink;
-use crate::stack::{InProcessStack, with_stack};
-use crate::stats::summary;
+use crate::stack::{InProcessStack, packer_config, sender_config, with_stack_configs};
+
+mod figures;
+
+pub use figures::run;
 
 pub const DEFAULT_RECIPIENTS: u64 = 200_000;
 
@@ -104,6 +114,8 @@ struct Runner<'a> {
     sink: &'a Sink,
     recipients: u64,
     fast_path: bool,
+    /// The senders' status TTL: each pause waits a random part of it first.
+    ttl: Duration,
     /// Requests that must reach the sink after a (re)start before the next pause,
     /// so every sender is busy when it lands.
     in_flight_budget: u64,
@@ -170,6 +182,10 @@ impl Runner<'_> {
             self.series.discarded += 1;
             return Ok(None);
         }
+        // A random phase of the TTL: the resume refreshed every cache, so a pause
+        // right away would never meet a re-read in flight.
+        let phase = rand::random_range(0..self.ttl.as_micros().max(1) as u64);
+        tokio::time::sleep(Duration::from_micros(phase)).await;
         let requested_at = Utc::now();
         let (status, _) = client.transition(id, "pause").await?;
         let answered = Instant::now();
@@ -235,23 +251,32 @@ impl Runner<'_> {
     }
 }
 
+/// The status TTL of both modes: `--status-ttl-ms`, else 1000 ms.
+pub fn status_ttl_ms(args: &BenchArgs) -> u64 {
+    args.status_ttl_ms.unwrap_or(1000).max(1)
+}
+
 async fn measure(args: &BenchArgs, fast_path: bool, iterations: usize) -> anyhow::Result<Series> {
     let senders = args.max_senders();
     let recipients = args.recipients_or(DEFAULT_RECIPIENTS);
+    let ttl_ms = status_ttl_ms(args);
+    let mut sender = sender_config(args, fast_path);
+    sender.status_ttl_ms = ttl_ms;
     with_env(args, |env| async move {
         let sink = Sink::start(Duration::from_millis(args.pause_sink_delay_ms)).await?;
-        let series = with_stack(
+        let series = with_stack_configs(
             &env,
-            args,
             args.packers,
             senders,
-            fast_path,
+            packer_config(args, fast_path),
+            sender,
             async |stack| {
                 let mut runner = Runner {
                     stack,
                     sink: &sink,
                     recipients,
                     fast_path,
+                    ttl: Duration::from_millis(ttl_ms),
                     in_flight_budget: (senders * args.sender_concurrency) as u64,
                     // What the baseline can send after one pause (every batch in flight),
                     // but at most half a campaign so small runs still reuse campaigns.
@@ -291,146 +316,4 @@ async fn measure(args: &BenchArgs, fast_path: bool, iterations: usize) -> anyhow
         Ok(series)
     })
     .await
-}
-
-pub async fn run(args: &BenchArgs) -> anyhow::Result<ScenarioReport> {
-    let started = Instant::now();
-    let senders = args.max_senders();
-    let budget = (senders * args.sender_concurrency) as f64;
-    let mut report = ScenarioReport::new(
-        "pause",
-        json!({
-            "recipients": args.recipients_or(DEFAULT_RECIPIENTS), "senders": senders,
-            "packers": args.packers, "iterations": args.iterations,
-            "baseline_iterations": args.baseline_iterations,
-            "sender_concurrency": args.sender_concurrency, "sink_delay_ms": args.pause_sink_delay_ms,
-            "status_ttl_ms": 5000,
-        }),
-    );
-    eprintln!("   fast path on, {} iterations", args.iterations);
-    let fast = measure(args, true, args.iterations.max(1)).await?;
-    eprintln!(
-        "   fast path off, {} iterations (each waits out the status TTL)",
-        args.baseline_iterations
-    );
-    let slow = measure(args, false, args.baseline_iterations.max(1)).await?;
-
-    let (a50, a99, amax) = summary(&fast.apply());
-    let (e50, e99, emax) = summary(&fast.effective());
-    let (b50, b99, bmax) = summary(&slow.effective());
-    let (l50, l99, lmax) = summary(&fast.last_request());
-    let (o50, o99, omax) = summary(&fast.overshoot());
-    let (s50, s99, smax) = summary(&slow.overshoot());
-    let base = "fast path off";
-    for (q, apply, baseline) in [("p50", a50, b50), ("p99", a99, b99), ("max", amax, bmax)] {
-        let mut f = Figure::new(
-            format!("apply_ms_{q}"),
-            format!("pause applied by each sender, {q}"),
-            apply,
-            "ms",
-        )
-        .against(baseline, base, RatioKind::TimesFaster);
-        if q == "p99" {
-            f = f.target("< 50 ms", apply < 50.0);
-        }
-        report.push(f);
-    }
-    for (q, last, baseline) in [("p50", l50, b50), ("p99", l99, b99), ("max", lmax, bmax)] {
-        report.push(
-            Figure::new(
-                format!("last_request_ms_{q}"),
-                format!("last provider request after the pause, {q}"),
-                last,
-                "ms",
-            )
-            .against(baseline, base, RatioKind::TimesFaster),
-        );
-    }
-    for (q, effective, baseline) in [("p50", e50, b50), ("p99", e99, b99), ("max", emax, bmax)] {
-        let mut f = Figure::new(
-            format!("effective_ms_{q}"),
-            format!("pause in effect everywhere (apply and last request), {q}"),
-            effective,
-            "ms",
-        )
-        .against(baseline, base, RatioKind::TimesFaster);
-        if q == "p99" {
-            let ratio = f.ratio.unwrap_or(0.0);
-            f = f.target(">= 50x faster", ratio >= 50.0);
-        }
-        report.push(f);
-    }
-    for (q, over, baseline) in [("p50", o50, s50), ("p99", o99, s99), ("max", omax, smax)] {
-        let mut f = Figure::new(
-            format!("overshoot_{q}"),
-            format!("requests started after the pause response, {q}"),
-            over,
-            "requests",
-        )
-        .against(baseline, base, RatioKind::TimesFewer);
-        if q == "max" {
-            f = f.target(
-                format!("<= {budget} (senders x concurrency)"),
-                over <= budget,
-            );
-        }
-        report.push(f);
-    }
-    let (r50, r99, rmax) = summary(&fast.apply_from_request());
-    for (q, v, baseline) in [("p50", r50, b50), ("p99", r99, b99), ("max", rmax, bmax)] {
-        report.push(
-            Figure::new(
-                format!("apply_from_request_ms_{q}"),
-                format!("pause applied by each sender, from the request, {q}"),
-                v,
-                "ms",
-            )
-            .against(baseline, base, RatioKind::TimesFaster),
-        );
-    }
-    let applies = fast.apply().len();
-    let early = fast.applied_before_response();
-    report.push(Figure::new(
-        "applied_before_response_pct",
-        "sender applies done before the client had the response",
-        100.0 * early as f64 / applies.max(1) as f64,
-        "%",
-    ));
-    report.push(
-        Figure::new(
-            "missed_applies",
-            "sender applies missing after 2 s",
-            fast.missed() as f64,
-            "applies",
-        )
-        .target("0", fast.missed() == 0),
-    );
-    report.push(Figure::new(
-        "iterations",
-        "pauses measured (fast path on)",
-        fast.samples.len() as f64,
-        "pauses",
-    ));
-    report.push(Figure::new(
-        "baseline_iterations",
-        "pauses measured (fast path off)",
-        slow.samples.len() as f64,
-        "pauses",
-    ));
-    report.note(format!(
-        "Baseline: fast path off with the default 5 s status TTL, {} iterations (each one waits \
-         for the senders' cached status to expire or their claimed batches to drain). Without a \
-         control listener no replica records an apply time, so every baseline column is the \
-         baseline's effective latency, i.e. its last request after the pause.",
-        slow.samples.len()
-    ));
-    report.note(format!(
-        "Campaigns used: {} (fast path), {} (baseline); iterations discarded because a campaign \
-         ran out: {} and {}. Apply times before the client saw the response count as 0 ms (the api \
-         publishes the control message before it answers); the from-request figures show the \
-         same applies from the moment the request was sent. Ratios floor latencies at 1 ms.",
-        fast.campaigns, slow.campaigns, fast.discarded, slow.discarded
-    ));
-    report.seconds = started.elapsed().as_secs_f64();
-    Ok(report)
 }

@@ -114,11 +114,20 @@ async fn prepared_campaign(env: &BenchEnv, rows: u64) -> anyhow::Result<(Uuid, i
     let pool = env.pool()?;
     let (tenant, _) = herald_core::auth::create_token(&pool, "ledger").await?;
     let id = Uuid::new_v4();
+    // Every campaign sends through a channel: a private one under the campaign's
+    // id, as the scheduling migration gives campaigns that predate channels.
     sqlx::query(
-        "INSERT INTO campaigns (id, tenant_id, name, channel, template, status, run_epoch,
+        "INSERT INTO channels (id, tenant_id, name, config, private)
+         VALUES ($1, $2, 'campaign ledger', '{\"provider\":\"log\"}', true)",
+    )
+    .bind(id)
+    .bind(tenant.id)
+    .execute(&pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO campaigns (id, tenant_id, name, channel_id, template, status, run_epoch,
                                 total_count, pending_count)
-         VALUES ($1, $2, 'ledger', '{\"provider\":\"log\"}', '{\"body\":\"Hi {{ name }}\"}',
-                 'sending', 1, $3, $3)",
+         VALUES ($1, $2, 'ledger', $1, '{\"body\":\"Hi {{ name }}\"}', 'sending', 1, $3, $3)",
     )
     .bind(id)
     .bind(tenant.id)

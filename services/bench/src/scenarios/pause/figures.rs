@@ -1,0 +1,170 @@
+//! The pause scenario's figures: every measure as p50, p99 and max against the
+//! same with the fast path off.
+
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::{DEFAULT_RECIPIENTS, measure, status_ttl_ms};
+use crate::args::BenchArgs;
+use crate::report::{Figure, RatioKind, ScenarioReport};
+use crate::stats::summary;
+
+/// Pushes the p50, p99 and max of `fast` against the same of `slow`.
+fn quantiles(
+    report: &mut ScenarioReport,
+    (key, label, unit): (&str, &str, &str),
+    fast: &[f64],
+    slow: &[f64],
+    kind: RatioKind,
+    target: impl Fn(&str, &Figure) -> Option<(String, bool)>,
+) {
+    let (f, s) = (summary(fast), summary(slow));
+    for (q, value, baseline) in [("p50", f.0, s.0), ("p99", f.1, s.1), ("max", f.2, s.2)] {
+        let mut figure = Figure::new(format!("{key}_{q}"), format!("{label}, {q}"), value, unit)
+            .against(baseline, "fast path off", kind);
+        if let Some((text, met)) = target(q, &figure) {
+            figure = figure.target(text, met);
+        }
+        report.push(figure);
+    }
+}
+
+pub async fn run(args: &BenchArgs) -> anyhow::Result<ScenarioReport> {
+    let started = Instant::now();
+    let senders = args.max_senders();
+    let budget = (senders * args.sender_concurrency) as f64;
+    let ttl_ms = status_ttl_ms(args);
+    let mut report = ScenarioReport::new(
+        "pause",
+        json!({
+            "recipients": args.recipients_or(DEFAULT_RECIPIENTS), "senders": senders,
+            "packers": args.packers, "iterations": args.iterations,
+            "baseline_iterations": args.baseline_iterations,
+            "sender_concurrency": args.sender_concurrency, "sink_delay_ms": args.pause_sink_delay_ms,
+            "status_ttl_ms": ttl_ms, "pause_phase": "uniform in [0, status_ttl_ms)",
+        }),
+    );
+    eprintln!("   fast path on, {} iterations", args.iterations);
+    let fast = measure(args, true, args.iterations.max(1)).await?;
+    eprintln!(
+        "   fast path off, {} iterations (each waits out the status TTL)",
+        args.baseline_iterations
+    );
+    let slow = measure(args, false, args.baseline_iterations.max(1)).await?;
+    let none = |_: &str, _: &Figure| None;
+    let (times, fewer) = (RatioKind::TimesFaster, RatioKind::TimesFewer);
+    quantiles(
+        &mut report,
+        ("apply_ms", "pause applied by each sender", "ms"),
+        &fast.apply(),
+        &slow.effective(),
+        times,
+        |q, f| (q == "p99").then(|| ("< 50 ms".to_owned(), f.value < 50.0)),
+    );
+    quantiles(
+        &mut report,
+        (
+            "last_request_ms",
+            "latest provider request start after the pause response, over all pauses",
+            "ms",
+        ),
+        &fast.last_request(),
+        &slow.last_request(),
+        times,
+        none,
+    );
+    quantiles(
+        &mut report,
+        (
+            "effective_ms",
+            "pause in effect everywhere (apply and last request)",
+            "ms",
+        ),
+        &fast.effective(),
+        &slow.effective(),
+        times,
+        |q, f| {
+            let met = f.ratio.unwrap_or(0.0) >= 50.0;
+            (q == "p99").then(|| (">= 50x faster".to_owned(), met))
+        },
+    );
+    quantiles(
+        &mut report,
+        (
+            "overshoot",
+            "requests started after the pause response",
+            "requests",
+        ),
+        &fast.overshoot(),
+        &slow.overshoot(),
+        fewer,
+        |q, f| {
+            let text = format!("<= {budget} (senders x concurrency)");
+            (q == "max").then_some((text, f.value <= budget))
+        },
+    );
+    quantiles(
+        &mut report,
+        (
+            "apply_from_request_ms",
+            "pause applied by each sender, from the request",
+            "ms",
+        ),
+        &fast.apply_from_request(),
+        &slow.effective(),
+        times,
+        none,
+    );
+    let applies = fast.apply().len();
+    let early = fast.applied_before_response();
+    report.push(Figure::new(
+        "applied_before_response_pct",
+        "sender applies done before the client had the response",
+        100.0 * early as f64 / applies.max(1) as f64,
+        "%",
+    ));
+    report.push(
+        Figure::new(
+            "missed_applies",
+            "sender applies missing after 2 s",
+            fast.missed() as f64,
+            "applies",
+        )
+        .target("0", fast.missed() == 0),
+    );
+    report.push(Figure::new(
+        "iterations",
+        "pauses measured (fast path on)",
+        fast.samples.len() as f64,
+        "pauses",
+    ));
+    report.push(Figure::new(
+        "baseline_iterations",
+        "pauses measured (fast path off)",
+        slow.samples.len() as f64,
+        "pauses",
+    ));
+    report.note(format!(
+        "Status TTL {ttl_ms} ms in both modes (--status-ttl-ms; production default 5000 ms, \
+         shortened so the run stays affordable). Each pause came after a uniformly random sleep \
+         in [0, {ttl_ms} ms) following the previous resume, so pauses land at random points of \
+         the senders' status re-read cycle."
+    ));
+    report.note(format!(
+        "Baseline: fast path off, same TTL, {} iterations (each one waits for the senders' \
+         cached status to expire or their claimed batches to drain). Without a control listener \
+         no replica records an apply time, so the baseline of the apply columns is the \
+         baseline's effective latency, i.e. its last request after the pause.",
+        slow.samples.len()
+    ));
+    report.note(format!(
+        "Campaigns used: {} (fast path), {} (baseline); iterations discarded because a campaign \
+         ran out: {} and {}. Apply times before the client saw the response count as 0 ms (the api \
+         publishes the control message before it answers); the from-request figures show the \
+         same applies from the moment the request was sent. Ratios floor latencies at 1 ms.",
+        fast.campaigns, slow.campaigns, fast.discarded, slow.discarded
+    ));
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
