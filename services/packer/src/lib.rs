@@ -22,7 +22,9 @@ use herald_core::outbox::Outbox;
 use herald_core::transitions::{Lifecycle, complete_if_done};
 use herald_core::work::{Delivery, StepOutcome, WorkerIdentity, run_work_loop};
 
-use crate::store::{advance_cursor, load_pack_state, mark_epoch_packed, next_page};
+use crate::store::{
+    advance_cursor, load_pack_state, mark_epoch_packed, next_page, try_lock_paging,
+};
 
 mod store;
 mod sweep;
@@ -114,12 +116,15 @@ pub(crate) fn batch_for(campaign: Uuid, epoch: i32, ids: &[i64]) -> SendBatch {
 /// What paging one batch did.
 #[derive(Debug, Clone, Copy)]
 enum Page {
-    /// Published, and the cursor moved to `to`.
-    Packed { to: i64 },
-    /// Published, but another request had moved the cursor: re-read it.
-    Raced,
+    /// Published, and the cursor moved past it.
+    Packed,
+    /// Another pack request of the campaign holds its paging lock.
+    Busy,
+    /// Nothing to page for this request: an old or finished epoch, or the
+    /// campaign stopped sending.
+    Idle,
     /// Nothing left to page in this epoch.
-    Exhausted,
+    Exhausted { epoch: i32 },
 }
 
 fn retry_soon() -> StepOutcome {
@@ -244,41 +249,37 @@ impl Packer {
             .unwrap_or(self.inner.config.pack_window)
             .max(1);
         let request_id = delivery.as_ref().and_then(|d| d.request_correlation_id());
-        let mut cursor = None;
+        let mut busy_since: Option<std::time::Instant> = None;
         while credits > 0 {
-            let (epoch, from) = match cursor {
-                Some(position) => position,
-                None => match self.paging_position(&request).await {
-                    Ok(Some(position)) => position,
-                    Ok(None) => return StepOutcome::Ack,
-                    Err(_) => return retry_soon(),
-                },
-            };
             match self
-                .told_to_stop(campaign, epoch, &mut seen_generation)
+                .told_to_stop(campaign, request.run_epoch, &mut seen_generation)
                 .await
             {
                 Ok(true) => return StepOutcome::Ack,
                 Ok(false) => {}
                 Err(_) => return retry_soon(),
             }
-            let page = self
-                .pack_page(&request, epoch, from, request_id.as_deref())
-                .await;
-            cursor = match page {
-                Ok(Page::Packed { to }) => {
+            match self.pack_page(&request, request_id.as_deref()).await {
+                Ok(Page::Packed) => {
                     credits -= 1;
+                    busy_since = None;
                     metrics::counter!("herald_batches_packed_total").increment(1);
                     if let Some(d) = &delivery {
                         d.in_progress().await;
                     }
-                    Some((epoch, to))
                 }
-                // Another pack request of this campaign moved the cursor first.
-                Ok(Page::Raced) => None,
-                Ok(Page::Exhausted) => return self.finish_epoch(campaign, epoch).await,
+                // Another pack request of this campaign is paging: wait for it.
+                Ok(Page::Busy) => {
+                    let since = *busy_since.get_or_insert_with(std::time::Instant::now);
+                    if since.elapsed() > Duration::from_secs(10) {
+                        return retry_soon();
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Ok(Page::Idle) => return StepOutcome::Ack,
+                Ok(Page::Exhausted { epoch }) => return self.finish_epoch(campaign, epoch).await,
                 Err(_) => return retry_soon(),
-            };
+            }
         }
         StepOutcome::Ack
     }
@@ -286,10 +287,10 @@ impl Packer {
     /// The epoch and cursor to page from, or `None` when there is nothing to
     /// page for this request (an old or finished epoch, a campaign not sending).
     async fn paging_position(
-        &self,
+        conn: &mut sqlx::PgConnection,
         request: &PackRequest,
     ) -> Result<Option<(i32, i64)>, sqlx::Error> {
-        let Some(state) = load_pack_state(&self.inner.pool, request.campaign_id).await? else {
+        let Some(state) = load_pack_state(&mut *conn, request.campaign_id).await? else {
             return Ok(None);
         };
         if state.run_epoch != request.run_epoch
@@ -307,21 +308,28 @@ impl Packer {
         Ok(Some((epoch, cursor)))
     }
 
-    /// Publishes the page after `from` as one batch and moves the cursor past it.
-    /// The batch's message id is deterministic, so a page published twice by two
-    /// racing requests is stored once.
+    /// Under the campaign's paging lock: reads the cursor, publishes the next
+    /// page as one batch and moves the cursor past it, then commits. A packer
+    /// killed between the publish and the commit leaves the cursor before the
+    /// page, and the next request publishes it again under the same
+    /// deterministic message id, which JetStream drops.
     async fn pack_page(
         &self,
         request: &PackRequest,
-        epoch: i32,
-        from: i64,
         request_id: Option<&str>,
     ) -> anyhow::Result<Page> {
-        let (pool, campaign) = (&self.inner.pool, request.campaign_id);
+        let campaign = request.campaign_id;
+        let mut tx = self.inner.pool.begin().await?;
+        if !try_lock_paging(&mut tx, campaign).await? {
+            return Ok(Page::Busy);
+        }
+        let Some((epoch, from)) = Self::paging_position(&mut tx, request).await? else {
+            return Ok(Page::Idle);
+        };
         let size = self.inner.config.batch_size.clamp(1, 100_000);
-        let ids = next_page(pool, campaign, from, size).await?;
+        let ids = next_page(&mut *tx, campaign, from, size).await?;
         if ids.is_empty() {
-            return Ok(Page::Exhausted);
+            return Ok(Page::Exhausted { epoch });
         }
         let mut batch = batch_for(campaign, epoch, &ids);
         batch.correlation_id = request.correlation_id;
@@ -333,12 +341,11 @@ impl Packer {
             tracing::warn!(campaign_id = %campaign, error = %format!("{error:#}"), "publishing a batch failed");
             return Err(error);
         }
-        let to = batch.last_recipient_id;
-        Ok(if advance_cursor(pool, campaign, epoch, from, to).await? {
-            Page::Packed { to }
-        } else {
-            Page::Raced
-        })
+        if !advance_cursor(&mut *tx, campaign, epoch, from, batch.last_recipient_id).await? {
+            return Ok(Page::Idle);
+        }
+        tx.commit().await?;
+        Ok(Page::Packed)
     }
 
     async fn finish_epoch(&self, campaign: Uuid, epoch: i32) -> StepOutcome {

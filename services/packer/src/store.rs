@@ -2,7 +2,7 @@
 //! next page, the cursor, and what the sweep looks for.
 
 use herald_core::lifecycle::Status;
-use sqlx::{PgPool, Row};
+use sqlx::{PgExecutor, PgPool, Row};
 use uuid::Uuid;
 
 /// Where a campaign's paging stands.
@@ -15,8 +15,8 @@ pub(crate) struct PackState {
     pub pack_cursor: i64,
 }
 
-pub(crate) async fn load_pack_state(
-    pool: &PgPool,
+pub(crate) async fn load_pack_state<'e>(
+    pool: impl PgExecutor<'e>,
     campaign: Uuid,
 ) -> Result<Option<PackState>, sqlx::Error> {
     let row = sqlx::query("SELECT status, run_epoch, packed_epoch, pack_epoch, pack_cursor FROM campaigns WHERE id = $1")
@@ -39,8 +39,8 @@ pub(crate) async fn load_pack_state(
 }
 
 /// The next page of open recipients after `cursor`, by id.
-pub(crate) async fn next_page(
-    pool: &PgPool,
+pub(crate) async fn next_page<'e>(
+    pool: impl PgExecutor<'e>,
     campaign: Uuid,
     cursor: i64,
     size: i64,
@@ -58,12 +58,26 @@ pub(crate) async fn next_page(
     .await
 }
 
+/// Takes the campaign's paging lock until the end of the transaction, if no
+/// other pack request holds it: several pack requests of one campaign can run
+/// at once (each finished batch asks for the next), and each page must be
+/// paged and published by one of them only. An advisory lock, not the campaign
+/// row's: a transition never waits for a page's publish.
+pub(crate) async fn try_lock_paging(
+    tx: &mut sqlx::PgConnection,
+    campaign: Uuid,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1::text, 7))")
+        .bind(campaign)
+        .fetch_one(tx)
+        .await
+}
+
 /// Moves the paging cursor from `from` to `to`, only while the epoch is current,
-/// the campaign is sending and nobody else moved it (several pack requests of
-/// one campaign can run at once: each finished batch asks for the next).
-/// False means: re-read the state before paging on.
-pub(crate) async fn advance_cursor(
-    pool: &PgPool,
+/// the campaign is sending and the cursor is where the caller read it. False
+/// means: stop paging (paused, stopped or a newer epoch).
+pub(crate) async fn advance_cursor<'e>(
+    pool: impl PgExecutor<'e>,
     campaign: Uuid,
     epoch: i32,
     from: i64,
