@@ -137,7 +137,14 @@ impl Runner<'_> {
             // Stop the old one and let its last requests land: the sink counts every
             // campaign's requests, and only the measured campaign may be sending.
             if matches!(body["status"].as_str(), Some("sending" | "paused")) {
-                self.stack.client.must(id, "stop").await?;
+                // It may complete between the read and the stop: a 409 from
+                // `completed` is fine, anything else is an error.
+                let (status, answer) = self.stack.client.transition(id, "stop").await?;
+                let completed = status == 409 && answer["error"]["from"] == "completed";
+                anyhow::ensure!(
+                    status == 200 || completed,
+                    "stop answered {status}: {answer}"
+                );
             }
             self.sink
                 .wait_quiet(Duration::from_millis(300), Duration::from_secs(30))
