@@ -11,6 +11,7 @@ pub mod campaign;
 pub mod channel;
 pub mod dlq;
 pub mod events;
+pub mod progress_line;
 pub mod sse;
 pub mod watch;
 

@@ -17,6 +17,7 @@ use herald_core::lifecycle::Status;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use uuid::Uuid;
 
+use super::progress_line::{bar_line, details, done, grouped};
 use super::sse::SseParser;
 use super::{ApiClient, CliError};
 
@@ -149,24 +150,6 @@ impl RateMeter {
     }
 }
 
-/// `12,345`.
-fn grouped(n: i64) -> String {
-    let digits = n.unsigned_abs().to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if n < 0 { format!("-{out}") } else { out }
-}
-
-fn done(progress: &Progress) -> i64 {
-    let c = &progress.counters;
-    c.sent + c.failed + c.skipped
-}
-
 /// Where the states go: a bar on a terminal, JSON lines, or plain lines.
 #[derive(Debug)]
 struct Display {
@@ -189,15 +172,14 @@ impl Display {
         let mode = if json {
             Mode::Json
         } else if std::io::stderr().is_terminal() {
-            let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-            let style = ProgressStyle::with_template(
-                "{spinner:.cyan} {prefix:>9.bold} [{bar:32.green/white}] {percent:>3}% {pos}/{len}  {wide_msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("█▉▊▋▌▍▎▏ ");
-            bar.set_style(style);
-            bar.set_prefix("connecting");
-            bar.enable_steady_tick(Duration::from_millis(120));
+            // The line is laid out by `progress_line` for the terminal's width;
+            // indicatif only draws and redraws it.
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("{msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            );
+            bar.set_message("connecting…");
             Mode::Bar(bar)
         } else {
             Mode::Lines
@@ -226,12 +208,7 @@ impl Display {
                     println!("{line}");
                 }
             }
-            Mode::Bar(bar) => {
-                bar.set_length(progress.counters.total.max(0) as u64);
-                bar.set_position(done(progress).max(0) as u64);
-                bar.set_prefix(progress.status.as_str());
-                bar.set_message(self.summary(progress));
-            }
+            Mode::Bar(bar) => bar.set_message(self.line(progress)),
             Mode::Lines => {
                 let due = self
                     .last_line
@@ -259,43 +236,22 @@ impl Display {
             self.rate.record(Instant::now(), done(&progress));
         }
         if let Mode::Bar(bar) = &self.mode {
-            bar.set_message(self.summary(&progress));
+            bar.set_message(self.line(&progress));
         }
     }
 
     fn summary(&self, progress: &Progress) -> String {
-        let c = &progress.counters;
-        let mut parts = vec![
-            format!("sent {}", grouped(c.sent)),
-            format!("failed {}", grouped(c.failed)),
-            format!("pending {}", grouped(c.pending + c.sending)),
-        ];
-        if c.skipped > 0 {
-            parts.push(format!("skipped {}", grouped(c.skipped)));
-        }
-        match progress.status {
-            Status::Sending if progress.waiting.is_some() => {
-                if let Some(waiting) = &progress.waiting {
-                    let until = waiting
-                        .until
-                        .map(|u| format!(" until {}", u.format("%Y-%m-%d %H:%M:%S UTC")))
-                        .unwrap_or_default();
-                    parts.push(format!("waiting: {}{until}", waiting.reason));
-                }
-            }
-            Status::Sending => match self.rate.per_second() {
-                Some(rate) if rate >= 0.05 => {
-                    parts.push(format!("{rate:.0}/s"));
-                    let remaining = (c.pending + c.sending).max(0) as f64;
-                    let eta = Duration::from_secs((remaining / rate).ceil() as u64);
-                    parts.push(format!("ETA {}", humantime::format_duration(eta)));
-                }
-                _ => parts.push("measuring rate…".into()),
-            },
-            Status::Paused => parts.push("paused: `herald campaign resume` continues".into()),
-            _ => {}
-        }
-        parts.join(" · ")
+        details(progress, self.rate.per_second()).join(" · ")
+    }
+
+    /// The bar line for the terminal's current width (it may have been resized).
+    fn line(&self, progress: &Progress) -> String {
+        let (_, width) = console::Term::stderr().size();
+        bar_line(
+            progress,
+            &details(progress, self.rate.per_second()),
+            width.into(),
+        )
     }
 
     fn note(&self, text: &str) {
@@ -313,7 +269,6 @@ impl Display {
 
     fn finish(&self, last: &Progress) {
         if let Mode::Bar(bar) = &self.mode {
-            bar.disable_steady_tick();
             bar.finish();
         }
         if matches!(self.mode, Mode::Json) {
@@ -336,15 +291,6 @@ impl Display {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn numbers_are_grouped_by_thousands() {
-        assert_eq!(grouped(0), "0");
-        assert_eq!(grouped(999), "999");
-        assert_eq!(grouped(1000), "1,000");
-        assert_eq!(grouped(20_000), "20,000");
-        assert_eq!(grouped(-1_234_567), "-1,234,567");
-    }
 
     #[test]
     fn the_rate_is_measured_over_recent_history() {
