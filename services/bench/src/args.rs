@@ -215,7 +215,8 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = MemoryMode::Auto)]
     pub memory_mode: MemoryMode,
 
-    /// The `herald` binary for the memory scenario's process mode.
+    /// The `herald` binary for the process modes: the memory scenario's, and the pause
+    /// scenario's answer under load (skipped when it does not exist).
     #[arg(long, default_value = "target/release/herald")]
     pub herald_bin: PathBuf,
 

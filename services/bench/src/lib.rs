@@ -25,6 +25,7 @@ pub mod args;
 pub mod env;
 pub mod loadgen;
 pub mod machine;
+pub mod processes;
 pub mod report;
 pub mod scenarios;
 pub mod sink;

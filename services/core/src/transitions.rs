@@ -1,9 +1,12 @@
 //! The one function through which every campaign transition passes.
 //!
-//! In one transaction it locks the campaign row, checks the transition table,
+//! In one transaction it locks the campaign row (and, for pause, stop and fail,
+//! closes the campaign's claim gate: see [`crate::claim_gate`]), checks the transition table,
 //! updates the projection and its version, appends the event, and commits. After
 //! the commit the outbox fast path publishes the event; the relay covers whatever
 //! the fast path misses (for example while NATS is down).
+
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Postgres, Transaction};
@@ -102,7 +105,7 @@ async fn lock_campaign(
 ) -> Result<Option<Campaign>, sqlx::Error> {
     sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "SELECT {CAMPAIGN_COLUMNS} FROM campaigns
-         WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) FOR UPDATE"
+         WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) FOR NO KEY UPDATE"
     )))
     .bind(id)
     .bind(tenant)
@@ -157,10 +160,19 @@ pub async fn commit_transition(
     pool: &PgPool,
     request: &TransitionRequest,
 ) -> Result<Transitioned, TransitionError> {
+    let started = Instant::now();
     let mut tx = pool.begin().await?;
     let current = lock_campaign(&mut tx, request.campaign_id, request.tenant_id)
         .await?
         .ok_or(TransitionError::NotFound)?;
+    // Claims are ordered against halting transitions by the claim gate, not by
+    // the row lock (`FOR NO KEY UPDATE` lets claims' key-share locks through).
+    if matches!(request.action, Action::Pause | Action::Stop | Action::Fail) {
+        crate::claim_gate::close(&mut tx, current.id).await?;
+    }
+    // The connection, the row lock and the gate: the part of "commit" spent waiting.
+    metrics::histogram!("herald_transition_seconds", "action" => request.action.as_str(), "phase" => "lock")
+        .record(started.elapsed());
     if let Some(expected) = request.expected_version {
         if expected != current.version {
             return Err(TransitionError::VersionMismatch {
@@ -242,13 +254,30 @@ impl Lifecycle {
         Self { pool, outbox }
     }
 
+    /// Commits the transition, then publishes it. Records how long each half took
+    /// in `herald_transition_seconds{action, phase="commit"|"publish"}` (seconds),
+    /// so a slow answer can be traced to Postgres (row lock, commit) or to NATS.
     pub async fn apply(&self, request: TransitionRequest) -> Result<Transitioned, TransitionError> {
+        let started = Instant::now();
         let done = commit_transition(&self.pool, &request).await?;
-        metrics::counter!("herald_transitions_total", "action" => request.action.as_str())
-            .increment(1);
+        let committed = Instant::now();
+        let action = request.action.as_str();
+        metrics::counter!("herald_transitions_total", "action" => action).increment(1);
         // The transition is committed; publishing is best effort here and the relay
         // guarantees delivery, so a NATS outage never fails the caller.
         self.outbox.publish_fast(done.campaign.id).await;
+        let published = Instant::now();
+        metrics::histogram!("herald_transition_seconds", "action" => action, "phase" => "commit")
+            .record(committed - started);
+        metrics::histogram!("herald_transition_seconds", "action" => action, "phase" => "publish")
+            .record(published - committed);
+        tracing::debug!(
+            campaign_id = %done.campaign.id,
+            action,
+            commit_ms = (committed - started).as_secs_f64() * 1e3,
+            publish_ms = (published - committed).as_secs_f64() * 1e3,
+            "transition applied"
+        );
         Ok(done)
     }
 }

@@ -12,22 +12,18 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
-use herald_core::CancellationToken;
-use serde_json::json;
-use tokio::process::{Child, Command};
-
-use crate::api_client::{ApiClient, wait_healthy};
 use crate::args::{BenchArgs, MemoryMode};
-use crate::env::{BenchEnv, with_env};
+use crate::env::with_env;
+use crate::processes::ProcessStack;
 use crate::report::{Figure, RatioKind, ScenarioReport};
 use crate::scenarios::{CampaignRun, run_campaign};
 use crate::sink::Sink;
-use crate::stack::wait_for_consumers;
+use anyhow::Context as _;
+use herald_core::CancellationToken;
+use serde_json::json;
 
 pub const DEFAULT_RECIPIENTS: u64 = 1_000_000;
 const LIMIT_MB: f64 = 100.0;
@@ -48,68 +44,6 @@ pub fn rss_mib(pid: &str) -> Option<(f64, f64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
-/// One `herald` child process.
-#[derive(Debug)]
-struct Service {
-    name: String,
-    service: &'static str,
-    pid: u32,
-    child: Child,
-}
-
-fn spawn(
-    bin: &Path,
-    env: &BenchEnv,
-    service: &'static str,
-    name: &str,
-    extra: &[(&str, String)],
-    logs: &Path,
-) -> anyhow::Result<Service> {
-    let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
-    let mut command = Command::new(bin);
-    command
-        .arg(service)
-        .env("DATABASE_URL", &env.common.database_url)
-        .env("NATS_URL", &env.common.nats_url)
-        .env("HERALD_SUBJECT_PREFIX", &env.common.subject_prefix)
-        .env("HERALD_STREAM_PREFIX", &env.common.stream_prefix)
-        .env("HERALD_REPLICA_ID", name)
-        .env("HERALD_DB_MAX_CONNECTIONS", "10")
-        .env("HERALD_CONTROL_FAST_PATH", "true")
-        .env("HERALD_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(true);
-    for (key, value) in extra {
-        command.env(key, value);
-    }
-    let child = command
-        .spawn()
-        .with_context(|| format!("starting {} {service}", bin.display()))?;
-    let pid = child.id().context("child pid")?;
-    Ok(Service {
-        name: name.to_owned(),
-        service,
-        pid,
-        child,
-    })
-}
-
-/// SIGTERM, then SIGKILL after 15 s. Only ever our own children, by pid.
-async fn terminate(mut service: Service) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &service.pid.to_string()])
-        .status()
-        .await;
-    if tokio::time::timeout(Duration::from_secs(15), service.child.wait())
-        .await
-        .is_err()
-    {
-        let _ = service.child.kill().await;
-    }
-}
-
 #[derive(Debug, Default, Clone)]
 struct Peaks {
     idle: f64,
@@ -128,66 +62,14 @@ async fn process_mode(
     bin: &Path,
     recipients: u64,
 ) -> anyhow::Result<(CampaignRun, BTreeMap<String, (&'static str, Peaks)>)> {
-    let senders = args.max_senders();
-    let bin = std::fs::canonicalize(bin)?;
     with_env(args, |env| async move {
-        let logs = std::env::temp_dir().join(format!("herald-bench-{}", env.database));
-        std::fs::create_dir_all(&logs)?;
-        eprintln!("   service logs in {}", logs.display());
         let sink = Sink::start(Duration::ZERO).await?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let mut services = vec![spawn(
-            &bin,
-            &env,
-            "api",
-            "api-0",
-            &[
-                ("HERALD_LISTEN", format!("127.0.0.1:{port}")),
-                ("HERALD_DB_MAX_CONNECTIONS", "16".into()),
-            ],
-            &logs,
-        )?];
+        let stack = ProcessStack::start(args, &env, bin).await?;
         let result = async {
-            let base_url = format!("http://127.0.0.1:{port}");
-            wait_healthy(&base_url, Duration::from_secs(30)).await?;
-            let mut packer_ids = Vec::new();
-            for i in 0..args.packers {
-                let id = format!("packer-{i}");
-                services.push(spawn(
-                    &bin,
-                    &env,
-                    "packer",
-                    &id,
-                    &[("HERALD_BATCH_SIZE", args.batch_size.to_string())],
-                    &logs,
-                )?);
-                packer_ids.push(id);
-            }
-            let mut sender_ids = Vec::new();
-            for i in 0..senders {
-                let id = format!("sender-{i}");
-                services.push(spawn(
-                    &bin,
-                    &env,
-                    "sender",
-                    &id,
-                    &[
-                        (
-                            "HERALD_SENDER_CONCURRENCY",
-                            args.sender_concurrency.to_string(),
-                        ),
-                        ("HERALD_SENDER_BATCHES", args.sender_batches.to_string()),
-                    ],
-                    &logs,
-                )?);
-                sender_ids.push(id);
-            }
-            wait_for_consumers(&env, &sender_ids, &packer_ids, true).await?;
             // Settle, then take the idle baseline.
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let pids: Vec<(String, &'static str, String)> = services
+            let pids: Vec<(String, &'static str, String)> = stack
+                .services
                 .iter()
                 .map(|s| (s.name.clone(), s.service, s.pid.to_string()))
                 .collect();
@@ -222,11 +104,7 @@ async fn process_mode(
                     }
                 })
             };
-            let pool = env.pool()?;
-            let (_, token) = herald_core::auth::create_token(&pool, "bench").await?;
-            pool.close().await;
-            let client = ApiClient::new(&base_url, &token);
-            let run = run_campaign(&client, &sink, recipients).await;
+            let run = run_campaign(&stack.client, &sink, recipients).await;
             stop_sampling.cancel();
             let _ = sampler.await;
             let run = run?;
@@ -240,13 +118,8 @@ async fn process_mode(
             anyhow::Ok((run, peaks))
         }
         .await;
-        for service in services {
-            terminate(service).await;
-        }
+        stack.stop(result.is_err()).await;
         sink.stop();
-        if result.is_ok() {
-            let _ = std::fs::remove_dir_all(&logs);
-        }
         result
     })
     .await

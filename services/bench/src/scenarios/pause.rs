@@ -40,6 +40,7 @@ use crate::sink::Sink;
 use crate::stack::{InProcessStack, packer_config, sender_config, with_stack_configs};
 
 mod figures;
+mod response;
 
 pub use figures::run;
 

@@ -1,10 +1,11 @@
 //! The pause scenario's figures: every measure as p50, p99 and max against the
 //! same with the fast path off.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use super::response::measure_response;
 use super::{DEFAULT_RECIPIENTS, measure, status_ttl_ms};
 use crate::args::BenchArgs;
 use crate::report::{Figure, RatioKind, ScenarioReport};
@@ -165,6 +166,94 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<ScenarioReport> {
          same applies from the moment the request was sent. Ratios floor latencies at 1 ms.",
         fast.campaigns, slow.campaigns, fast.discarded, slow.discarded
     ));
+    response_figures(args, &mut report, Duration::from_millis(ttl_ms)).await?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The pause answer under load, with every service a process: only when the
+/// `herald` binary (`--herald-bin`) exists.
+async fn response_figures(
+    args: &BenchArgs,
+    report: &mut ScenarioReport,
+    ttl: Duration,
+) -> anyhow::Result<()> {
+    if !args.herald_bin.exists() {
+        report.note(format!(
+            "Pause answer under load (processes): skipped, {} does not exist (build it with \
+             `cargo build --release -p herald`).",
+            args.herald_bin.display()
+        ));
+        return Ok(());
+    }
+    let iterations = args.iterations.max(1);
+    eprintln!("   pause answer under load, processes, {iterations} iterations");
+    let times = measure_response(args, iterations, ttl).await?;
+    let (loaded, idle) = (summary(&times.loaded), summary(&times.idle));
+    for (q, value, baseline) in [
+        ("p50", loaded.0, idle.0),
+        ("p99", loaded.1, idle.1),
+        ("max", loaded.2, idle.2),
+    ] {
+        let mut figure = Figure::new(
+            format!("response_ms_{q}"),
+            format!("pause request to response under load, processes, {q}"),
+            value,
+            "ms",
+        )
+        .against(baseline, "idle (1 msg/s)", RatioKind::TimesBaseline);
+        if q == "p99" {
+            figure = figure.target("<= 50 ms", value <= 50.0);
+        }
+        report.push(figure);
+    }
+    for loaded in &times.loaded_phases {
+        let what = match loaded.phase.as_str() {
+            "lock" => "connection and campaign row lock",
+            "commit" => "whole commit, lock included",
+            "publish" => "publish after the commit",
+            other => other,
+        };
+        let idle = times.idle_phases.iter().find(|p| p.phase == loaded.phase);
+        report.push(
+            Figure::new(
+                format!("response_phase_{}_ms", loaded.phase),
+                format!("pause under load in the api, mean: {what}"),
+                loaded.mean_ms,
+                "ms",
+            )
+            .against(
+                idle.map_or(0.0, |p| p.mean_ms),
+                "idle (1 msg/s)",
+                RatioKind::TimesBaseline,
+            ),
+        );
+        report.push(
+            Figure::new(
+                format!("response_phase_{}_over_50ms", loaded.phase),
+                format!("pause under load in the api, over 50 ms in: {what}"),
+                loaded.over_50ms,
+                "pauses",
+            )
+            .beside(idle.map_or(0.0, |p| p.over_50ms), "idle (1 msg/s)"),
+        );
+    }
+    let mut sorted = times.loaded.clone();
+    sorted.sort_by(f64::total_cmp);
+    eprintln!("   loaded pause answers, ms, sorted: {sorted:.1?}");
+    let mut sorted = times.idle.clone();
+    sorted.sort_by(f64::total_cmp);
+    eprintln!("   idle pause answers, ms, sorted: {sorted:.1?}");
+    report.note(format!(
+        "Pause answer under load: api, {} packers and {} senders as `herald` processes ({}), \
+         a campaign of {} recipients sending; {iterations} pauses, each after a random sleep of \
+         up to the status TTL, resumed once quiet. Baseline: the same pauses of a campaign \
+         held to 1 msg/s on the same processes. The phase means come from the api's \
+         herald_transition_seconds histogram.",
+        args.packers,
+        args.max_senders(),
+        args.herald_bin.display(),
+        args.recipients_or(DEFAULT_RECIPIENTS),
+    ));
+    Ok(())
 }
