@@ -303,18 +303,48 @@ impl Bus {
         message_id: &str,
         request_correlation_id: Option<&str>,
     ) -> anyhow::Result<()> {
+        self.send_raw(subject, payload, message_id, request_correlation_id)
+            .await?
+            .await
+    }
+
+    /// Sends a contract message and returns the wait for its stream ack without
+    /// awaiting it, so several messages can share one round trip. Messages sent
+    /// on this connection reach the server in the order they were sent.
+    pub async fn send_contract<T: Contract>(
+        &self,
+        subject: String,
+        message: &T,
+        message_id: &str,
+        request_correlation_id: Option<&str>,
+    ) -> anyhow::Result<impl Future<Output = anyhow::Result<()>> + use<T>> {
+        let payload = contracts::encode(message)?;
+        self.send_raw(subject, payload, message_id, request_correlation_id)
+            .await
+    }
+
+    async fn send_raw(
+        &self,
+        subject: String,
+        payload: Bytes,
+        message_id: &str,
+        request_correlation_id: Option<&str>,
+    ) -> anyhow::Result<impl Future<Output = anyhow::Result<()>> + use<>> {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", message_id);
         if let Some(id) = request_correlation_id {
             headers.insert(REQUEST_CORRELATION_HEADER, id);
         }
-        self.js
+        let ack = self
+            .js
             .publish_with_headers(subject.clone(), headers, payload)
             .await
-            .with_context(|| format!("publishing to {subject}"))?
-            .await
-            .with_context(|| format!("awaiting the stream ack for {subject}"))?;
-        Ok(())
+            .with_context(|| format!("publishing to {subject}"))?;
+        Ok(async move {
+            ack.await
+                .with_context(|| format!("awaiting the stream ack for {subject}"))?;
+            Ok(())
+        })
     }
 
     /// Copies a bad message to `campaigns.dlq.<subject>` and counts it.

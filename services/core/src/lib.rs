@@ -10,6 +10,7 @@ pub mod bus;
 pub mod campaigns;
 pub mod channel;
 pub mod channels;
+pub mod claim_gate;
 pub mod config;
 pub mod contracts;
 pub mod control;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt as _;
 use sqlx::{PgPool, Row};
 use tokio::sync::Notify;
 use uuid::Uuid;
@@ -217,14 +218,12 @@ impl Outbox {
             correlation_id: event.correlation_id,
         };
         let event_id = event.id.to_string();
-        self.bus
-            .publish_contract(
-                subjects.events(campaign_id),
-                &lifecycle,
-                &event_id,
-                request_id,
-            )
-            .await?;
+        // The control message goes first (it is what stops the senders), and the
+        // messages of one event share one round trip: all are sent, then all acks
+        // awaited. Events stay in order: the next event is sent only after every
+        // ack of this one, and a failure publishes the whole event again under the
+        // same message ids, which the streams deduplicate.
+        let mut acks = Vec::with_capacity(3);
         let control_action = match event.event_type.as_str() {
             "paused" => Some(ControlAction::Pause),
             "resumed" => Some(ControlAction::Resume),
@@ -237,15 +236,22 @@ impl Outbox {
                 action,
                 correlation_id: event.correlation_id,
             };
-            self.bus
-                .publish_contract(
-                    subjects.control(campaign_id),
-                    &control,
-                    &format!("{event_id}.control"),
-                    request_id,
-                )
-                .await?;
+            let id = format!("{event_id}.control");
+            let subject = subjects.control(campaign_id);
+            acks.push(
+                self.bus
+                    .send_contract(subject, &control, &id, request_id)
+                    .await?
+                    .boxed(),
+            );
         }
+        let subject = subjects.events(campaign_id);
+        acks.push(
+            self.bus
+                .send_contract(subject, &lifecycle, &event_id, request_id)
+                .await?
+                .boxed(),
+        );
         if matches!(event.event_type.as_str(), "started" | "resumed") {
             let triggered_by = event
                 .payload
@@ -260,15 +266,15 @@ impl Outbox {
                 correlation_id: event.correlation_id,
                 batches: None,
             };
-            self.bus
-                .publish_contract(
-                    subjects.pack(),
-                    &pack,
-                    &format!("{event_id}.pack"),
-                    request_id,
-                )
-                .await?;
+            let id = format!("{event_id}.pack");
+            acks.push(
+                self.bus
+                    .send_contract(subjects.pack(), &pack, &id, request_id)
+                    .await?
+                    .boxed(),
+            );
         }
+        futures::future::try_join_all(acks).await?;
         Ok(())
     }
 

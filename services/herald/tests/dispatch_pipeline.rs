@@ -720,7 +720,7 @@ async fn outcomes_wait_to_share_one_write_until_a_full_group_is_queued_or_the_li
 
 #[tokio::test]
 async fn a_claim_that_meets_rows_another_claim_is_taking_waits_and_then_claims_none_of_them() {
-    use herald_sender::ledger::claim_batch;
+    use herald_sender::ledger::{claim_batch, claim_batch_in};
 
     let (stack, id) = sending_without_workers(json!({"provider": "log"}), 200).await;
     let pool = stack.env.pool();
@@ -728,7 +728,7 @@ async fn a_claim_that_meets_rows_another_claim_is_taking_waits_and_then_claims_n
 
     // The first claim has updated every row but not committed yet.
     let mut first = pool.begin().await.unwrap();
-    let taken = claim_batch(&mut *first, &batch, Uuid::new_v4(), 30.0, i64::MAX)
+    let taken = claim_batch_in(&mut first, &batch, Uuid::new_v4(), 30.0, i64::MAX)
         .await
         .unwrap();
     assert_eq!(taken.len(), 200);

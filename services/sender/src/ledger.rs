@@ -37,11 +37,12 @@ fn counter_shard(lease_token: Uuid) -> i16 {
 
 /// Claims the batch's open rows, atomically with the campaign's status.
 ///
-/// The campaign row is locked `FOR KEY SHARE`: claims do not wait on each other,
-/// but they conflict with the transition's `FOR UPDATE`, so a claim that races a
-/// pause either commits before the pause does, or waits and then sees `paused` and
-/// claims nothing. Rows held by a live lease elsewhere are skipped, so a duplicated
-/// batch claims nothing twice.
+/// The claim runs in its own transaction behind the campaign's claim gate
+/// ([`herald_core::claim_gate`]), taken shared before the statement: claims do
+/// not wait on each other, but a claim that races a pause either commits before
+/// the pause does, or waits for it and then (its statement's snapshot taken after
+/// the pause committed) sees `paused` and claims nothing. Rows held by a live
+/// lease elsewhere are skipped, so a duplicated batch claims nothing twice.
 ///
 /// Each row is taken by an `UPDATE` whose own condition repeats what the row must
 /// still be (`pending`, or `sending` under an expired lease). A claim that meets a
@@ -54,16 +55,32 @@ fn counter_shard(lease_token: Uuid) -> i16 {
 ///
 /// The same statement records the lease (one `recipient_leases` row, which the
 /// packer's sweep finds if this replica dies) and moves the fresh rows from
-/// pending to sending in this lease's counter shard. It runs on `executor`: a
-/// pool, or a transaction. It claims at most `limit` rows (what the budget allows
-/// now), never more than [`claim_limit`].
-pub async fn claim_batch<'e>(
-    executor: impl sqlx::PgExecutor<'e>,
+/// pending to sending in this lease's counter shard. It claims at most `limit`
+/// rows (what the budget allows now), never more than [`claim_limit`].
+pub async fn claim_batch(
+    pool: &PgPool,
     batch: &SendBatch,
     lease_token: Uuid,
     lease_seconds: f64,
     limit: i64,
 ) -> Result<Vec<ClaimedRecipient>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let claimed = claim_batch_in(&mut tx, batch, lease_token, lease_seconds, limit).await?;
+    tx.commit().await?;
+    Ok(claimed)
+}
+
+/// [`claim_batch`] inside the caller's transaction (which must not have read the
+/// campaign's status yet): the claim is not visible, and the gate is held, until
+/// the caller commits.
+pub async fn claim_batch_in(
+    tx: &mut sqlx::PgConnection,
+    batch: &SendBatch,
+    lease_token: Uuid,
+    lease_seconds: f64,
+    limit: i64,
+) -> Result<Vec<ClaimedRecipient>, sqlx::Error> {
+    herald_core::claim_gate::enter(&mut *tx, batch.campaign_id).await?;
     let rows = sqlx::query(
         "WITH camp AS (
              SELECT id FROM campaigns WHERE id = $1 AND status = 'sending' FOR KEY SHARE
@@ -110,7 +127,7 @@ pub async fn claim_batch<'e>(
     .bind(lease_seconds)
     .bind(limit.clamp(0, claim_limit(batch)))
     .bind(counter_shard(lease_token))
-    .fetch_all(executor)
+    .fetch_all(&mut *tx)
     .await?;
     rows.iter()
         .map(|r| {

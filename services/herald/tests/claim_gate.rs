@@ -1,0 +1,96 @@
+//! The claim gate (invariant 5): a pause waits only for the claims already
+//! running, and a claim that comes while the pause waits queues behind it and
+//! then claims nothing. Real Postgres; the test drives the ledger itself.
+//!
+//! Run with `cargo test -p herald --test claim_gate`.
+
+use std::time::Duration;
+
+use herald_core::contracts::SendBatch;
+use herald_sender::ledger::{claim_batch, claim_batch_in};
+use herald_testkit::{Stack, test_sender_config};
+use serde_json::json;
+use uuid::Uuid;
+
+/// Recipients `first..=last` of the campaign's first run.
+fn batch(campaign: Uuid, first: i64, last: i64) -> SendBatch {
+    SendBatch {
+        campaign_id: campaign,
+        run_epoch: 1,
+        first_recipient_id: first,
+        last_recipient_id: last,
+        recipient_count: last - first + 1,
+        correlation_id: Uuid::new_v4(),
+    }
+}
+
+#[tokio::test]
+async fn a_pause_waits_for_the_claim_in_progress_and_a_later_claim_waits_for_the_pause_and_claims_nothing()
+ {
+    let stack = Stack::start(0, 0, test_sender_config()).await;
+    let id = stack.create_campaign(json!({"provider": "log"})).await;
+    stack.import(id, 200).await;
+    assert_eq!(stack.transition(id, "start").await.0, 200);
+    let pool = stack.env.pool();
+    let (lowest, highest): (i64, i64) =
+        sqlx::query_as("SELECT min(id), max(id) FROM recipients WHERE campaign_id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let middle = (lowest + highest) / 2;
+
+    // A claim of the first half, not yet committed.
+    let mut running = pool.begin().await.unwrap();
+    let taken = claim_batch_in(
+        &mut running,
+        &batch(id, lowest, middle),
+        Uuid::new_v4(),
+        30.0,
+        i64::MAX,
+    )
+    .await
+    .unwrap();
+    assert_eq!(taken.len() as i64, middle - lowest + 1);
+
+    // The pause waits for it.
+    let pause = tokio::spawn({
+        let client = stack.client.clone();
+        async move { client.transition(id, "pause").await.0 }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !pause.is_finished(),
+        "the pause must wait for the claim in progress"
+    );
+
+    // A claim of the other half arrives while the pause waits. Under a row lock it
+    // would pass the waiting pause (share locks do not queue) and claim its rows.
+    let later = tokio::spawn({
+        let (pool, batch) = (pool.clone(), batch(id, middle + 1, highest));
+        async move { claim_batch(&pool, &batch, Uuid::new_v4(), 30.0, i64::MAX).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !later.is_finished(),
+        "a claim that comes while a pause waits must queue behind the pause"
+    );
+
+    running.commit().await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), pause)
+        .await
+        .expect("the pause answers once the claim in progress commits")
+        .unwrap();
+    assert_eq!(status, 200);
+    let claimed_after = tokio::time::timeout(Duration::from_secs(30), later)
+        .await
+        .expect("the later claim returns once the pause commits")
+        .unwrap()
+        .unwrap();
+    assert!(
+        claimed_after.is_empty(),
+        "{} rows were claimed after the pause committed",
+        claimed_after.len()
+    );
+    stack.stop().await;
+}
