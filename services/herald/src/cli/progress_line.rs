@@ -1,7 +1,7 @@
 //! The one line `herald campaign watch` draws on a terminal, laid out for the
 //! terminal's width: the status and percentage always, then the details in order
-//! of importance (waiting reason or rate, ETA, failed, pending, done/total, sent,
-//! skipped) as far as they fit, then a bar in whatever room is left. At 80
+//! of importance (rate and ETA, or why nothing moves; failed, pending, done/total,
+//! sent, skipped) as far as they fit, then a bar in whatever room is left. At 80
 //! columns the rate and the ETA are always visible; the bar is the first thing to
 //! shrink, then the least important details go.
 
@@ -43,7 +43,13 @@ pub fn details(progress: &Progress, rate: Option<f64>) -> Vec<String> {
     let c = &progress.counters;
     let open = c.pending + c.sending;
     let mut parts = Vec::new();
-    match (progress.status, &progress.waiting) {
+    // A campaign held to its budget still moves: its rate and ETA say more than
+    // the wait. A closed send window or a spent daily cap means nothing moves.
+    let stalled = progress
+        .waiting
+        .as_ref()
+        .filter(|waiting| waiting.reason != "rate_limit");
+    match (progress.status, stalled) {
         (Status::Sending, Some(waiting)) => {
             let until = waiting
                 .until
@@ -51,14 +57,19 @@ pub fn details(progress: &Progress, rate: Option<f64>) -> Vec<String> {
                 .unwrap_or_default();
             parts.push(format!("waiting: {}{until}", waiting.reason));
         }
-        (Status::Sending, None) => match rate {
-            Some(rate) if rate >= 0.05 => {
-                parts.push(format!("{}/s", grouped(rate.round() as i64)));
-                let eta = Duration::from_secs((open.max(0) as f64 / rate).ceil() as u64);
-                parts.push(format!("ETA {}", humantime::format_duration(eta)));
+        (Status::Sending, None) => {
+            match rate {
+                Some(rate) if rate >= 0.05 => {
+                    parts.push(format!("{}/s", grouped(rate.round() as i64)));
+                    let eta = Duration::from_secs((open.max(0) as f64 / rate).ceil() as u64);
+                    parts.push(format!("ETA {}", humantime::format_duration(eta)));
+                }
+                _ => parts.push("measuring rate…".into()),
             }
-            _ => parts.push("measuring rate…".into()),
-        },
+            if progress.waiting.is_some() {
+                parts.push("rate-limited".into());
+            }
+        }
         (Status::Paused, _) => parts.push("paused: `herald campaign resume` continues".into()),
         _ => {}
     }
@@ -194,10 +205,29 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_limited_campaign_shows_its_rate_and_a_closed_window_shows_the_wait() {
+        use herald_api::views::WaitingView;
+        let mut progress = sending(2_334, 100);
+        progress.waiting = Some(WaitingView {
+            reason: "rate_limit".into(),
+            until: None,
+        });
+        let shown = details(&progress, Some(20.0));
+        assert_eq!(shown[..3], ["20/s", "ETA 50s", "rate-limited"], "{shown:?}");
+        progress.waiting = Some(WaitingView {
+            reason: "send_window".into(),
+            until: None,
+        });
+        let shown = details(&progress, Some(20.0));
+        assert_eq!(shown[0], "waiting: send_window", "{shown:?}");
+    }
+
+    #[test]
     fn the_bar_is_as_full_as_the_campaign_is_done() {
         assert_eq!(bar(0.5, 10), "[█████     ]");
         assert_eq!(bar(1.0, 4), "[████]");
         assert_eq!(bar(0.0, 3), "[   ]");
-        assert_eq!(bar(0.0625, 2), "[▌ ]");
+        assert_eq!(bar(0.25, 2), "[▌ ]");
+        assert_eq!(bar(0.0625, 2), "[▏ ]");
     }
 }
