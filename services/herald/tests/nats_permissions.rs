@@ -140,6 +140,10 @@ async fn api_packer_and_sender_processes_each_with_their_own_nats_user_run_a_cam
                 .set("NATS_USER", user)
                 .set("NATS_PASSWORD", &nats_password(user))
                 .set("HERALD_BATCH_SIZE", "50")
+                // Ten batches through a window of two: the rest is packed only
+                // when senders ask for more (`campaigns.pack`), as in any large
+                // campaign.
+                .set("HERALD_PACK_WINDOW", "2")
         },
     )
     .await;
