@@ -249,6 +249,9 @@ pub struct ChannelPage {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelListQuery {
+    /// Opaque: the `next_cursor` of the previous page, passed back unchanged
+    /// (URL-safe base64 without padding); anything else is a 422.
+    #[param(pattern = "^[A-Za-z0-9_-]+$")]
     pub cursor: Option<String>,
     /// 1 to 500, default 50.
     #[param(minimum = 1, maximum = 500)]
@@ -258,7 +261,8 @@ pub struct ChannelListQuery {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CampaignPage {
     pub items: Vec<CampaignView>,
-    /// Pass as `cursor` to get the next page; null on the last page.
+    /// Pass as `cursor` to get the next page; null on the last page. Opaque
+    /// (URL-safe base64).
     pub next_cursor: Option<String>,
 }
 
@@ -267,12 +271,39 @@ pub struct CampaignPage {
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     pub status: Option<Status>,
+    /// Opaque: the `next_cursor` of the previous page, passed back unchanged
+    /// (URL-safe base64 without padding); anything else is a 422.
+    #[param(pattern = "^[A-Za-z0-9_-]+$")]
     pub cursor: Option<String>,
     /// 1 to 500, default 50.
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
 }
 
+/// The `{action}` of `POST /v1/campaigns/{id}/{action}` (documentation only: the
+/// handler reads the path as text, so an unknown action is a JSON 404).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TransitionAction {
+    Schedule,
+    Unschedule,
+    Start,
+    Pause,
+    Resume,
+    Stop,
+}
+
+/// The `{action}` of `POST /v1/campaigns/bulk/{action}`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum BulkAction {
+    Pause,
+    Resume,
+    Stop,
+}
+
+/// The optional body of a transition; only `schedule` reads `scheduled_at`. An
+/// empty body and `null` are the same as `{}`.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleBody {
@@ -383,6 +414,8 @@ pub struct RecipientView {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecipientPage {
     pub items: Vec<RecipientView>,
+    /// Pass as `cursor` to get the next page (the last recipient's id, as
+    /// decimal digits); null on the last page.
     pub next_cursor: Option<String>,
 }
 
@@ -393,6 +426,9 @@ pub struct RecipientQuery {
     /// pending, sending, sent, failed or skipped.
     #[param(pattern = "^(pending|sending|sent|failed|skipped)$")]
     pub status: Option<String>,
+    /// The `next_cursor` of the previous page, passed back unchanged: the id of
+    /// the last recipient seen (decimal digits); anything else is a 422.
+    #[param(pattern = "^[0-9]+$")]
     pub cursor: Option<String>,
     /// 1 to 1000, default 100.
     #[param(minimum = 1, maximum = 1000)]
