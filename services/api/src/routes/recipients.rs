@@ -322,12 +322,12 @@ async fn import_csv(state: &AppState, batch: &mut ImportBatch, body: Body) -> Ap
                      (RecipientImport = "application/json"),
                      (String = "text/csv", example = json!("address,name\n+15550001,Ana\n+15550002,Bo\n")))),
     responses((status = 200, description = "What was imported; rejected rows are listed with their reasons", body = ImportResult),
-              (status = 400, description = "The body is not valid JSON or CSV (e.g. no `address` column)", body = ErrorBody),
+              (status = 400, description = "The JSON body is not valid JSON, or the upload was interrupted", body = ErrorBody),
               (status = 404, body = ErrorBody),
               (status = 409, description = "The campaign is neither a draft nor scheduled (`not_importable`)", body = ErrorBody),
               (status = 413, body = ErrorBody),
               (status = 415, description = "The Content-Type is neither application/json nor text/csv", body = ErrorBody),
-              (status = 422, body = ErrorBody)),
+              (status = 422, description = "The JSON has the wrong shape, or the CSV has no header line or no `address` column, or is UTF-16", body = ErrorBody)),
     security(("bearer" = [])), tag = "recipients")]
 pub async fn import_recipients(
     State(state): State<AppState>,
