@@ -220,6 +220,22 @@ mod tests {
     }
 
     #[test]
+    fn the_operations_that_record_a_correlation_id_document_its_header() {
+        let doc = document();
+        for (path, method) in [
+            ("/v1/campaigns", "post"),
+            ("/v1/campaigns/{id}", "patch"),
+            ("/v1/campaigns/{id}/duplicate", "post"),
+            ("/v1/campaigns/{id}/{action}", "post"),
+            ("/v1/campaigns/bulk/{action}", "post"),
+        ] {
+            let header = param(&doc["paths"][path][method], "X-Correlation-Id");
+            assert_eq!(header["in"], "header", "{method} {path}");
+            assert_eq!(header["schema"]["pattern"], "^[A-Za-z0-9._:-]{1,128}$");
+        }
+    }
+
+    #[test]
     fn the_recipient_import_documents_json_and_csv_bodies() {
         let doc = document();
         let content =

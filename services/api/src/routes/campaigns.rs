@@ -137,6 +137,7 @@ fn created_payload() -> serde_json::Value {
 }
 
 #[utoipa::path(post, path = "/v1/campaigns", request_body = CreateCampaign,
+    params(("X-Correlation-Id" = Option<String>, Header, nullable = false, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "the caller's id for this request; recorded on its events and carried on the bus (400 when malformed)")),
     responses((status = 201, description = "The campaign was created as a draft", body = CampaignView),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
@@ -323,7 +324,8 @@ async fn apply_update(
 }
 
 #[utoipa::path(patch, path = "/v1/campaigns/{id}",
-    params(("id" = Uuid, Path), ("If-Match" = Option<i64>, Header, nullable = false, description = "expected campaign version")),
+    params(("id" = Uuid, Path), ("If-Match" = Option<i64>, Header, nullable = false, description = "expected campaign version"),
+           ("X-Correlation-Id" = Option<String>, Header, nullable = false, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "the caller's id for this request; recorded on its events and carried on the bus (400 when malformed)")),
     request_body = UpdateCampaign,
     responses((status = 200, description = "The edited draft", body = CampaignView),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -472,7 +474,7 @@ async fn copy_campaign(
     Ok(Some(id))
 }
 
-#[utoipa::path(post, path = "/v1/campaigns/{id}/duplicate", params(("id" = Uuid, Path)),
+#[utoipa::path(post, path = "/v1/campaigns/{id}/duplicate", params(("id" = Uuid, Path), ("X-Correlation-Id" = Option<String>, Header, nullable = false, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "the caller's id for this request; recorded on its events and carried on the bus (400 when malformed)")),
     responses((status = 201, description = "The copy, a new draft with the same recipients", body = CampaignView),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody)),

@@ -36,7 +36,8 @@ fn parse_action(action: &str) -> ApiResult<Action> {
 #[utoipa::path(post, path = "/v1/campaigns/{id}/{action}",
     params(("id" = Uuid, Path),
            ("action" = TransitionAction, Path, description = "schedule, unschedule, start, pause, resume or stop"),
-           ("If-Match" = Option<i64>, Header, nullable = false, description = "expected campaign version")),
+           ("If-Match" = Option<i64>, Header, nullable = false, description = "expected campaign version"),
+           ("X-Correlation-Id" = Option<String>, Header, nullable = false, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "the caller's id for this request; recorded on its events and carried on the bus (400 when malformed)")),
     request_body(content = Option<ScheduleBody>, description = "Optional: empty, `null` or an object; only `schedule` reads `scheduled_at`"),
     responses((status = 200, description = "The transition was committed; the campaign after it", body = CampaignView,
                headers(("ETag" = String, description = "The campaign's new version, quoted"))),
@@ -94,7 +95,8 @@ pub async fn transition_campaign(
 }
 
 #[utoipa::path(post, path = "/v1/campaigns/bulk/{action}",
-    params(("action" = BulkAction, Path, description = "pause, resume or stop")),
+    params(("action" = BulkAction, Path, description = "pause, resume or stop"),
+           ("X-Correlation-Id" = Option<String>, Header, nullable = false, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "the caller's id for this request; recorded on its events and carried on the bus (400 when malformed)")),
     request_body = BulkRequest,
     responses((status = 200, description = "One result per id, in order; a failed id does not stop the others", body = BulkResponse),
               (status = 400, body = ErrorBody),
