@@ -157,3 +157,29 @@ async fn an_api_told_to_adopt_the_streams_of_a_gone_installation_stamps_them_wit
         let _ = bus.js.delete_stream(name).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_installation_with_its_own_stream_prefix_but_the_same_subjects_refuses_to_start_and_says_to_set_the_subject_prefix()
+ {
+    let stack = ProcessStack::start(herald(), &shared_nats_url(), 0, 0, |_, env| env).await;
+    let stream_prefix = format!("{}B", stack.env.get("HERALD_STREAM_PREFIX").expect("set"));
+    let mut api = HeraldProcess::spawn(
+        "overlapping-api",
+        herald(),
+        &["api"],
+        second_installation(&stack)
+            .set("HERALD_STREAM_PREFIX", &stream_prefix)
+            .set("HERALD_LISTEN", &format!("127.0.0.1:{}", free_port())),
+        None,
+    );
+    let log = refused(&mut api).await;
+    assert!(
+        log.contains(&format!("{stream_prefix}_")) && log.contains("overlap"),
+        "the error names the stream and the overlap:\n{log}"
+    );
+    assert!(log.contains("HERALD_SUBJECT_PREFIX"), "{log}");
+    let bus = stack.bus().await;
+    for name in bus.streams.all() {
+        let _ = bus.js.delete_stream(name).await;
+    }
+}
