@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod lifecycle_views;
 pub mod observe;
 pub mod openapi;
 pub mod routes;
