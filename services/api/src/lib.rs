@@ -7,6 +7,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod lifecycle_views;
 pub mod observe;
 pub mod openapi;
 pub mod routes;
@@ -165,15 +166,29 @@ pub async fn run_with_listener(
 ) -> anyhow::Result<()> {
     herald_core::db::migrate_with_retry(&common, &shutdown).await?;
     let state = build_state(&common, &config).await?;
+    let installation = herald_core::installation::id_with_retry(&state.pool, &shutdown).await?;
     // Graceful shutdown waits for open responses: end the progress streams first.
     state.progress.close_on(shutdown.clone());
     // NATS may be down at startup; transitions must still work, so provision in the
-    // background and let the relay catch up.
+    // background and let the relay catch up. Streams of another installation stop
+    // the process: it must not publish into them.
     let bus = state.bus.clone();
     let provision_shutdown = shutdown.clone();
-    tokio::spawn(async move {
-        if let Err(error) = bus.provision_with_retry(&provision_shutdown).await {
-            tracing::warn!(%error, "stream provisioning stopped");
+    let provision = tokio::spawn(async move {
+        match bus
+            .provision_with_retry(installation, &provision_shutdown)
+            .await
+        {
+            Err(error) if herald_core::installation::is_conflict(&error) => {
+                tracing::error!(error = %format!("{error:#}"), "refusing to run");
+                provision_shutdown.cancel();
+                Some(error)
+            }
+            Err(error) => {
+                tracing::warn!(%error, "stream provisioning stopped");
+                None
+            }
+            Ok(()) => None,
         }
     });
     let outbox = state.lifecycle.outbox.clone();
@@ -195,6 +210,9 @@ pub async fn run_with_listener(
         .context("http server")?;
     shutdown.cancel();
     let _ = tokio::join!(relay, scheduler);
+    if let Ok(Some(conflict)) = provision.await {
+        return Err(conflict);
+    }
     Ok(())
 }
 

@@ -9,6 +9,8 @@ use herald_core::send_window::SendWindow;
 use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
+pub use crate::lifecycle_views::*;
+
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateSpec {
@@ -249,6 +251,9 @@ pub struct ChannelPage {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelListQuery {
+    /// Opaque: the `next_cursor` of the previous page, passed back unchanged
+    /// (URL-safe base64 without padding); anything else is a 422.
+    #[param(pattern = "^[A-Za-z0-9_-]+$")]
     pub cursor: Option<String>,
     /// 1 to 500, default 50.
     #[param(minimum = 1, maximum = 500)]
@@ -258,7 +263,8 @@ pub struct ChannelListQuery {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CampaignPage {
     pub items: Vec<CampaignView>,
-    /// Pass as `cursor` to get the next page; null on the last page.
+    /// Pass as `cursor` to get the next page; null on the last page. Opaque
+    /// (URL-safe base64).
     pub next_cursor: Option<String>,
 }
 
@@ -267,60 +273,13 @@ pub struct CampaignPage {
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     pub status: Option<Status>,
+    /// Opaque: the `next_cursor` of the previous page, passed back unchanged
+    /// (URL-safe base64 without padding); anything else is a 422.
+    #[param(pattern = "^[A-Za-z0-9_-]+$")]
     pub cursor: Option<String>,
     /// 1 to 500, default 50.
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
-}
-
-#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ScheduleBody {
-    pub scheduled_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct BulkRequest {
-    /// Up to 1,000 campaign ids.
-    #[schema(min_items = 1, max_items = 1000)]
-    pub ids: Vec<Uuid>,
-}
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct BulkResult {
-    pub id: Uuid,
-    pub ok: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status: Option<Status>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Object)]
-    pub error: Option<serde_json::Value>,
-}
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct BulkResponse {
-    pub results: Vec<BulkResult>,
-}
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct EventView {
-    pub id: Uuid,
-    pub seq: i64,
-    #[serde(rename = "type")]
-    pub event_type: String,
-    #[schema(value_type = Object)]
-    pub payload: serde_json::Value,
-    pub actor: String,
-    pub correlation_id: Uuid,
-    pub request_correlation_id: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub published_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct EventList {
-    pub items: Vec<EventView>,
 }
 
 /// Whether any string or key in `value` holds U+0000, which Postgres `text` and
@@ -383,6 +342,8 @@ pub struct RecipientView {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecipientPage {
     pub items: Vec<RecipientView>,
+    /// Pass as `cursor` to get the next page (the last recipient's id, as
+    /// decimal digits); null on the last page.
     pub next_cursor: Option<String>,
 }
 
@@ -393,6 +354,9 @@ pub struct RecipientQuery {
     /// pending, sending, sent, failed or skipped.
     #[param(pattern = "^(pending|sending|sent|failed|skipped)$")]
     pub status: Option<String>,
+    /// The `next_cursor` of the previous page, passed back unchanged: the id of
+    /// the last recipient seen (decimal digits); anything else is a 422.
+    #[param(pattern = "^[0-9]+$")]
     pub cursor: Option<String>,
     /// 1 to 1000, default 100.
     #[param(minimum = 1, maximum = 1000)]

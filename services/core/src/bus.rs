@@ -7,6 +7,9 @@
 //! - `<P>_WORK`    `campaigns.pack`, `campaigns.send`  work queue
 //! - `<P>_TRACKED` `campaigns.tracked.>`  per-batch outcomes
 //! - `<P>_DLQ`     `campaigns.dlq.>`      dead letters with their reason
+//!
+//! Every stream's description names the installation that owns it
+//! ([`crate::installation`]); a process of another installation refuses to use it.
 
 use std::time::Duration;
 
@@ -18,6 +21,8 @@ use uuid::Uuid;
 
 use crate::config::CommonConfig;
 use crate::contracts::{self, Contract, DeadLetter};
+use crate::installation::{self, InstallationConflict};
+pub use crate::subjects::{StreamNames, Subjects};
 
 /// Header that carries the caller's `X-Correlation-Id` across the bus.
 pub const REQUEST_CORRELATION_HEADER: &str = "X-Correlation-Id";
@@ -25,86 +30,6 @@ pub const REQUEST_CORRELATION_HEADER: &str = "X-Correlation-Id";
 /// Durable names of the shared work consumers.
 pub const PACKER_DURABLE: &str = "packer";
 pub const SENDER_DURABLE: &str = "sender";
-
-#[derive(Debug, Clone)]
-pub struct Subjects {
-    prefix: String,
-}
-
-impl Subjects {
-    pub fn new(prefix: &str) -> Self {
-        Self {
-            prefix: prefix.to_owned(),
-        }
-    }
-    pub fn prefix(&self) -> &str {
-        &self.prefix
-    }
-    pub fn events(&self, campaign: Uuid) -> String {
-        format!("{}campaigns.events.{campaign}", self.prefix)
-    }
-    pub fn events_all(&self) -> String {
-        format!("{}campaigns.events.>", self.prefix)
-    }
-    pub fn control(&self, campaign: Uuid) -> String {
-        format!("{}campaigns.control.{campaign}", self.prefix)
-    }
-    pub fn control_all(&self) -> String {
-        format!("{}campaigns.control.>", self.prefix)
-    }
-    pub fn pack(&self) -> String {
-        format!("{}campaigns.pack", self.prefix)
-    }
-    pub fn send(&self) -> String {
-        format!("{}campaigns.send", self.prefix)
-    }
-    pub fn tracked(&self, campaign: Uuid) -> String {
-        format!("{}campaigns.tracked.{campaign}", self.prefix)
-    }
-    pub fn tracked_all(&self) -> String {
-        format!("{}campaigns.tracked.>", self.prefix)
-    }
-    /// `campaigns.dlq.<original subject without prefix>`.
-    pub fn dlq(&self, original: &str) -> String {
-        let bare = original.strip_prefix(&self.prefix).unwrap_or(original);
-        format!("{}campaigns.dlq.{bare}", self.prefix)
-    }
-    pub fn dlq_all(&self) -> String {
-        format!("{}campaigns.dlq.>", self.prefix)
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct StreamNames {
-    pub events: String,
-    pub control: String,
-    pub work: String,
-    pub tracked: String,
-    pub dlq: String,
-}
-
-impl StreamNames {
-    pub fn new(prefix: &str) -> Self {
-        Self {
-            events: format!("{prefix}_EVENTS"),
-            control: format!("{prefix}_CONTROL"),
-            work: format!("{prefix}_WORK"),
-            tracked: format!("{prefix}_TRACKED"),
-            dlq: format!("{prefix}_DLQ"),
-        }
-    }
-
-    /// Every stream Herald owns.
-    pub fn all(&self) -> [&str; 5] {
-        [
-            &self.events,
-            &self.control,
-            &self.work,
-            &self.tracked,
-            &self.dlq,
-        ]
-    }
-}
 
 /// A NATS connection with Herald's naming.
 #[derive(Debug, Clone)]
@@ -114,6 +39,18 @@ pub struct Bus {
     pub subjects: Subjects,
     pub streams: StreamNames,
     stream_replicas: usize,
+    adopt_streams: bool,
+}
+
+/// Who owns one stream, as its description says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    /// No such stream yet.
+    Missing,
+    /// It exists without an owner (provisioned before installations had ids).
+    Unclaimed,
+    Ours,
+    Foreign(Uuid),
 }
 
 impl Bus {
@@ -151,6 +88,7 @@ impl Bus {
             subjects: Subjects::new(&config.subject_prefix),
             streams: StreamNames::new(&config.stream_prefix),
             stream_replicas: config.stream_replicas.max(1),
+            adopt_streams: config.adopt_streams,
         })
     }
 
@@ -158,10 +96,11 @@ impl Bus {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    fn stream_configs(&self) -> Vec<stream::Config> {
+    fn stream_configs(&self, installation: Uuid) -> Vec<stream::Config> {
         let s = &self.subjects;
         let base = |name: &str, subjects: Vec<String>, max_age_hours: u64| stream::Config {
             name: name.to_owned(),
+            description: Some(installation::stamp(installation)),
             subjects,
             storage: stream::StorageType::File,
             num_replicas: self.stream_replicas,
@@ -183,27 +122,84 @@ impl Bus {
         ]
     }
 
-    /// Creates or updates every stream and the two shared work consumers.
-    /// Idempotent, and safe when several replicas start at once.
-    pub async fn provision(&self) -> anyhow::Result<()> {
-        for config in self.stream_configs() {
+    /// Who owns stream `name`, or an error when JetStream does not answer.
+    async fn claim(&self, name: &str, installation: Uuid) -> anyhow::Result<Claim> {
+        match self.js.get_stream(name).await {
+            Ok(stream) => {
+                let description = stream.cached_info().config.description.as_deref();
+                Ok(match installation::owner(description) {
+                    None => Claim::Unclaimed,
+                    Some(owner) if owner == installation => Claim::Ours,
+                    Some(owner) => Claim::Foreign(owner),
+                })
+            }
+            Err(error) => match error.kind() {
+                jetstream::context::GetStreamErrorKind::JetStream(js)
+                    if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+                {
+                    Ok(Claim::Missing)
+                }
+                _ => Err(anyhow::Error::new(error).context(format!("looking up stream {name}"))),
+            },
+        }
+    }
+
+    fn foreign(&self, stream: &str, owner: Uuid, ours: Uuid) -> anyhow::Error {
+        InstallationConflict::Foreign {
+            stream: stream.to_owned(),
+            owner,
+            ours,
+            stream_prefix: self.streams.events.trim_end_matches("_EVENTS").to_owned(),
+            subject_prefix: self.subjects.prefix().to_owned(),
+        }
+        .into()
+    }
+
+    /// Creates or updates every stream, stamped with `installation`, and the two
+    /// shared work consumers. Idempotent, and safe when several replicas start at
+    /// once. Fails with [`InstallationConflict`] when a stream belongs to another
+    /// installation (unless `HERALD_ADOPT_STREAMS`) or cannot be created beside
+    /// another installation's streams.
+    pub async fn provision(&self, installation: Uuid) -> anyhow::Result<()> {
+        for config in self.stream_configs(installation) {
             let name = config.name.clone();
-            match self.js.get_stream(&name).await {
-                Ok(_) => {
+            match self.claim(&name, installation).await? {
+                Claim::Foreign(owner) if !self.adopt_streams => {
+                    return Err(self.foreign(&name, owner, installation));
+                }
+                Claim::Missing => {
+                    if let Err(create_err) = self.js.create_stream(config.clone()).await {
+                        if let jetstream::context::CreateStreamErrorKind::JetStream(js) =
+                            create_err.kind()
+                        {
+                            if js.error_code() == jetstream::ErrorCode::STREAM_SUBJECT_OVERLAP {
+                                return Err(InstallationConflict::SubjectOverlap {
+                                    stream: name,
+                                    subjects: config.subjects,
+                                    subject_prefix: self.subjects.prefix().to_owned(),
+                                }
+                                .into());
+                            }
+                        }
+                        // Lost the race against another replica: fine if it is ours now.
+                        match self.claim(&name, installation).await {
+                            Ok(Claim::Ours) => {}
+                            Ok(Claim::Foreign(owner)) => {
+                                return Err(self.foreign(&name, owner, installation));
+                            }
+                            _ => anyhow::bail!("creating stream {name}: {create_err}"),
+                        }
+                    }
+                }
+                claim => {
+                    if claim != Claim::Ours {
+                        tracing::warn!(stream = %name, ?claim, %installation, "stamping the stream with this installation's id");
+                    }
                     // Another replica may race us here; an update to the same config is a no-op.
                     self.js
                         .update_stream(config)
                         .await
                         .with_context(|| format!("updating stream {name}"))?;
-                }
-                Err(_) => {
-                    if let Err(create_err) = self.js.create_stream(config.clone()).await {
-                        // Lost the race against another replica: fine if it exists now.
-                        self.js
-                            .get_stream(&name)
-                            .await
-                            .map_err(|_| anyhow::anyhow!("creating stream {name}: {create_err}"))?;
-                    }
                 }
             }
         }
@@ -212,15 +208,18 @@ impl Bus {
         Ok(())
     }
 
-    /// Provisions, retrying until NATS answers or shutdown is asked for.
+    /// Provisions, retrying until NATS answers or shutdown is asked for. An
+    /// [`InstallationConflict`] ends it at once.
     pub async fn provision_with_retry(
         &self,
+        installation: Uuid,
         shutdown: &crate::CancellationToken,
     ) -> anyhow::Result<()> {
         let mut delay = Duration::from_millis(200);
         loop {
-            match self.provision().await {
+            match self.provision(installation).await {
                 Ok(()) => return Ok(()),
+                Err(error) if installation::is_conflict(&error) => return Err(error),
                 Err(error) => {
                     tracing::warn!(error = %format!("{error:#}"), "JetStream not ready; retrying");
                     tokio::select! {
@@ -234,16 +233,28 @@ impl Bus {
     }
 
     /// Workers wait for the api to provision the streams: their credentials may
-    /// read stream info but not create or change streams.
+    /// read stream info but not create or change streams. They also wait until
+    /// the streams carry `installation`'s stamp, and fail with
+    /// [`InstallationConflict`] when a stream carries another installation's.
     pub async fn wait_for_streams(
         &self,
+        installation: Uuid,
         shutdown: &crate::CancellationToken,
     ) -> anyhow::Result<()> {
         let mut delay = Duration::from_millis(100);
         loop {
-            let work = self.js.get_stream(&self.streams.work).await;
-            let control = self.js.get_stream(&self.streams.control).await;
-            if work.is_ok() && control.is_ok() {
+            let mut ready = true;
+            for name in self.streams.all() {
+                match self.claim(name, installation).await {
+                    Ok(Claim::Ours) => {}
+                    // The api was told to adopt them: wait for its stamp.
+                    Ok(Claim::Foreign(owner)) if !self.adopt_streams => {
+                        return Err(self.foreign(name, owner, installation));
+                    }
+                    Ok(_) | Err(_) => ready = false,
+                }
+            }
+            if ready {
                 return Ok(());
             }
             tracing::info!("waiting for the api to provision the JetStream streams");

@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 pub enum Channel {
     /// POST JSON to `url`, signed with HMAC-SHA256 when `secret` is set.
     Webhook {
+        /// An http or https URL.
+        #[schema(format = "uri")]
         url: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         secret: Option<String>,
@@ -17,6 +19,8 @@ pub enum Channel {
     Log,
     /// Evolution API (WhatsApp): `POST {base_url}/message/sendText/{instance}`.
     Evolution {
+        /// An http or https URL.
+        #[schema(format = "uri")]
         base_url: String,
         instance: String,
         api_key: String,

@@ -21,7 +21,7 @@ pub struct CommonConfig {
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
 
-    /// NATS user name (see nats/nats-server.conf for one user per service).
+    /// NATS user name (see nats/auth.conf for one user per service).
     #[arg(long, env = "NATS_USER")]
     pub nats_user: Option<String>,
 
@@ -34,7 +34,9 @@ pub struct CommonConfig {
     #[arg(long, env = "HERALD_REPLICA_ID")]
     pub replica_id: Option<String>,
 
-    /// Prefix put before every subject (for example `staging.`). Empty in production.
+    /// Prefix put before every subject: `staging` (or `staging.`) gives
+    /// `staging.campaigns.pack`. Empty by default. Each installation sharing a
+    /// NATS server needs its own, and its own HERALD_STREAM_PREFIX.
     #[arg(long, env = "HERALD_SUBJECT_PREFIX", default_value = "")]
     pub subject_prefix: String,
 
@@ -45,6 +47,11 @@ pub struct CommonConfig {
     /// JetStream stream replicas (3 on a 3-node cluster).
     #[arg(long, env = "HERALD_STREAM_REPLICAS", default_value_t = 1)]
     pub stream_replicas: usize,
+
+    /// Take over streams stamped with another installation's id (that
+    /// installation's database is gone). Set it for one api start, never for good.
+    #[arg(long, env = "HERALD_ADOPT_STREAMS", default_value_t = false)]
+    pub adopt_streams: bool,
 
     /// Address for `/metrics` in packer and sender processes (the api serves
     /// `/metrics` on its own listener). Unset: no listener.
@@ -77,6 +84,7 @@ impl CommonConfig {
             subject_prefix: String::new(),
             stream_prefix: "HERALD".into(),
             stream_replicas: 1,
+            adopt_streams: false,
             metrics_listen: None,
         }
     }
@@ -140,6 +148,7 @@ impl fmt::Debug for CommonConfig {
             .field("subject_prefix", &self.subject_prefix)
             .field("stream_prefix", &self.stream_prefix)
             .field("stream_replicas", &self.stream_replicas)
+            .field("adopt_streams", &self.adopt_streams)
             .field("metrics_listen", &self.metrics_listen)
             .finish()
     }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use sqlx::migrate::MigrateDatabase;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use crate::config::{CommonConfig, redact_url};
 
@@ -36,9 +36,15 @@ pub async fn migrate(config: &CommonConfig) -> anyhow::Result<()> {
             }
         }
     }
+    // Every start re-runs `CREATE TABLE IF NOT EXISTS _sqlx_migrations`, whose
+    // NOTICE ("relation ... already exists, skipping") sqlx would log at INFO.
+    let options = url
+        .parse::<PgConnectOptions>()
+        .with_context(|| format!("bad DATABASE_URL {}", redact_url(url)))?
+        .options([("client_min_messages", "warning")]);
     let pool = PgPoolOptions::new()
         .max_connections(1)
-        .connect(url)
+        .connect_with(options)
         .await
         .with_context(|| format!("connecting to Postgres at {}", redact_url(url)))?;
     MIGRATOR.run(&pool).await.context("applying migrations")?;

@@ -35,6 +35,22 @@ pub struct Outbox {
     fast_path: bool,
 }
 
+/// What one flush published; `missed` counts the events the fast path should
+/// have published (see [`relayed_by_design`]).
+#[derive(Debug, Default, Clone, Copy)]
+struct Flushed {
+    published: usize,
+    missed: usize,
+}
+
+/// Events that only the relay publishes: transitions committed by workers
+/// (`system:packer`, `system:sender`, ...), whose outbox has no fast path. The
+/// api's own transitions (tenants and its scheduler) go out on the fast path,
+/// so the relay publishing one of those means the fast path missed it.
+fn relayed_by_design(actor: &str) -> bool {
+    actor.starts_with("system:") && actor != "system:scheduler"
+}
+
 struct PendingEvent {
     id: Uuid,
     seq: i64,
@@ -166,12 +182,17 @@ impl Outbox {
     /// Publishes every unpublished event of one campaign, in order, and marks them.
     /// Returns how many it published; 0 if another publisher holds the campaign.
     pub async fn flush_campaign(&self, campaign_id: Uuid) -> anyhow::Result<usize> {
+        Ok(self.flush_counted(campaign_id).await?.published)
+    }
+
+    async fn flush_counted(&self, campaign_id: Uuid) -> anyhow::Result<Flushed> {
         let mut tx = self.pool.begin().await?;
         if !try_lock_campaign_outbox(&mut tx, campaign_id).await? {
-            return Ok(0);
+            return Ok(Flushed::default());
         }
         let events = unpublished_events(&mut tx, campaign_id).await?;
         let mut published = Vec::with_capacity(events.len());
+        let mut missed = 0;
         let mut failure = None;
         for event in &events {
             if let Err(error) = self.publish_event(campaign_id, event).await {
@@ -179,6 +200,7 @@ impl Outbox {
                 break;
             }
             published.push(event.id);
+            missed += usize::from(!relayed_by_design(&event.actor));
         }
         if !published.is_empty() {
             mark_published(&mut tx, &published).await?;
@@ -186,7 +208,10 @@ impl Outbox {
         tx.commit().await?;
         match failure {
             Some(error) => Err(error),
-            None => Ok(published.len()),
+            None => Ok(Flushed {
+                published: published.len(),
+                missed,
+            }),
         }
     }
 
@@ -280,9 +305,15 @@ impl Outbox {
 
     /// One relay pass over every campaign with unpublished events.
     pub async fn relay_once(&self) -> anyhow::Result<usize> {
-        let mut total = 0;
+        Ok(self.relay_counted().await?.published)
+    }
+
+    async fn relay_counted(&self) -> anyhow::Result<Flushed> {
+        let mut total = Flushed::default();
         for campaign_id in campaigns_with_unpublished_events(&self.pool).await? {
-            total += self.flush_campaign(campaign_id).await?;
+            let flushed = self.flush_counted(campaign_id).await?;
+            total.published += flushed.published;
+            total.missed += flushed.missed;
         }
         Ok(total)
     }
@@ -292,9 +323,20 @@ impl Outbox {
     pub async fn run_relay(&self, interval: Duration, shutdown: crate::CancellationToken) {
         loop {
             if self.bus.is_connected() {
-                match self.relay_once().await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(published = n, "relay published missed events"),
+                match self.relay_counted().await {
+                    Ok(Flushed { published: 0, .. }) => {}
+                    // Worker transitions (completion) are always the relay's job.
+                    Ok(Flushed {
+                        published,
+                        missed: 0,
+                    }) => {
+                        tracing::debug!(published, "relay published worker events")
+                    }
+                    Ok(Flushed { published, missed }) => tracing::info!(
+                        published,
+                        missed,
+                        "relay published events the fast path missed"
+                    ),
                     Err(error) => {
                         tracing::warn!(error = %format!("{error:#}"), "relay pass failed")
                     }

@@ -162,23 +162,46 @@ async fn run_all(
     // Migrate first so the workers do not race the api on an empty database.
     herald_core::db::migrate_with_retry(&common, &shutdown).await?;
     let base = common.replica_id();
-    let api_task = tokio::spawn(herald_api::run(common.clone(), api, shutdown.clone()));
-    let packer_task = tokio::spawn(herald_packer::run(
+    // One service failing (e.g. streams of another installation) stops the others.
+    let stop_all_on_error = |service: tokio::task::JoinHandle<anyhow::Result<()>>| {
+        let shutdown = shutdown.clone();
+        async move {
+            let result = service.await.map_err(anyhow::Error::from).and_then(|r| r);
+            if result.is_err() {
+                shutdown.cancel();
+            }
+            result
+        }
+    };
+    let api_task = stop_all_on_error(tokio::spawn(herald_api::run(
+        common.clone(),
+        api,
+        shutdown.clone(),
+    )));
+    let packer_task = stop_all_on_error(tokio::spawn(herald_packer::run(
         for_service(&common, &base, "packer"),
         packer,
         shutdown.clone(),
-    ));
-    let sender_task = tokio::spawn(herald_sender::run(
+    )));
+    let sender_task = stop_all_on_error(tokio::spawn(herald_sender::run(
         for_service(&common, &base, "sender"),
         sender,
         shutdown.clone(),
-    ));
-    let (a, p, s) = tokio::join!(api_task, packer_task, sender_task);
+    )));
+    let results = tokio::join!(api_task, packer_task, sender_task);
     shutdown.cancel();
-    a??;
-    p??;
-    s??;
-    Ok(())
+    // The root cause first: the others only saw the shutdown it caused.
+    let errors = [results.0, results.1, results.2]
+        .into_iter()
+        .filter_map(Result::err)
+        .collect::<Vec<_>>();
+    match errors
+        .iter()
+        .position(herald_core::installation::is_conflict)
+    {
+        Some(index) => Err(errors.into_iter().nth(index).expect("present")),
+        None => errors.into_iter().next().map_or(Ok(()), Err),
+    }
 }
 
 #[tokio::main]

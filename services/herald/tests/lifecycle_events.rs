@@ -572,11 +572,16 @@ async fn replicas_that_start_at_once_migrate_and_provision_safely() {
                 .unwrap(),
         );
     }
-    let provisions = buses.iter().map(|bus| bus.provision());
+    let pool = herald_core::db::pool(&common).unwrap();
+    let installation = herald_core::installation::id(&pool).await.unwrap();
+    let provisions = buses.iter().map(|bus| bus.provision(installation));
     for result in futures::future::join_all(provisions).await {
         result.expect("every concurrent provision succeeds");
     }
-    buses[0].provision().await.expect("and again: idempotent");
+    buses[0]
+        .provision(installation)
+        .await
+        .expect("and again: idempotent");
     let bus = &buses[0];
     for stream in bus.streams.all() {
         bus.js.get_stream(stream).await.expect("stream exists");

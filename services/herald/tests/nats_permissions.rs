@@ -56,7 +56,7 @@ async fn worker_users_are_refused_control_subjects_that_the_api_user_may_publish
     let api = Bus::connect(&as_user(&server, "api"), "test-api")
         .await
         .unwrap();
-    api.provision()
+    api.provision(Uuid::new_v4())
         .await
         .expect("the api user provisions every stream");
     let campaign = Uuid::new_v4();

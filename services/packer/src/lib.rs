@@ -365,7 +365,13 @@ impl Packer {
 
     /// Runs the replica until shutdown: control listener, sweep and work loop.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        self.inner.bus.wait_for_streams(&shutdown).await?;
+        // Never take another installation's work (herald_core::installation).
+        let installation =
+            herald_core::installation::id_with_retry(&self.inner.pool, &shutdown).await?;
+        self.inner
+            .bus
+            .wait_for_streams(installation, &shutdown)
+            .await?;
         let control = {
             let packer = self.clone();
             spawn_control_listener(

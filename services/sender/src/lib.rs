@@ -186,7 +186,13 @@ impl Sender {
 
     /// Runs the replica until shutdown: the control listener and the work loop.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        self.inner.bus.wait_for_streams(&shutdown).await?;
+        // Never take another installation's work (herald_core::installation).
+        let installation =
+            herald_core::installation::id_with_retry(&self.inner.pool, &shutdown).await?;
+        self.inner
+            .bus
+            .wait_for_streams(installation, &shutdown)
+            .await?;
         let control = {
             let sender = self.clone();
             spawn_control_listener(

@@ -418,6 +418,25 @@ impl HeraldProcess {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// Waits up to `timeout` for the process to exit by itself and returns its
+    /// exit status; `None` if it still runs.
+    pub async fn wait_for_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `kill -9`: no shutdown hook, no drain, no final ack. Waits for the exit.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -103,10 +103,20 @@ impl TestEnv {
             .expect("nats client")
     }
 
-    /// Provisions the streams (what the api does at startup).
+    /// This test database's installation id.
+    pub async fn installation(&self) -> Uuid {
+        herald_core::installation::id(&self.pool())
+            .await
+            .expect("the installation id")
+    }
+
+    /// Provisions the streams for this database's installation (what the api
+    /// does at startup).
     pub async fn provision(&self) -> Bus {
         let bus = self.bus().await;
-        bus.provision().await.expect("streams provisioned");
+        bus.provision(self.installation().await)
+            .await
+            .expect("streams provisioned");
         bus
     }
 

@@ -137,7 +137,9 @@ fn created_payload() -> serde_json::Value {
 }
 
 #[utoipa::path(post, path = "/v1/campaigns", request_body = CreateCampaign,
-    responses((status = 201, body = CampaignView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    params(("X-Correlation-Id" = Option<String>, Header, nullable = false, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "the caller's id for this request; recorded on its events and carried on the bus (400 when malformed)")),
+    responses((status = 201, description = "The campaign was created as a draft", body = CampaignView),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody),
               (status = 503, body = ErrorBody)),
     security(("bearer" = [])), tag = "campaigns")]
@@ -202,7 +204,8 @@ async fn list_campaign_page(
 }
 
 #[utoipa::path(get, path = "/v1/campaigns", params(ListQuery),
-    responses((status = 200, body = CampaignPage), (status = 401, body = ErrorBody), (status = 422, body = ErrorBody)),
+    responses((status = 200, description = "One page of campaigns, newest first", body = CampaignPage),
+              (status = 422, body = ErrorBody)),
     security(("bearer" = [])), tag = "campaigns")]
 pub async fn list_campaigns(
     State(state): State<AppState>,
@@ -226,7 +229,9 @@ pub async fn list_campaigns(
 }
 
 #[utoipa::path(get, path = "/v1/campaigns/{id}", params(("id" = Uuid, Path)),
-    responses((status = 200, body = CampaignView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, description = "The campaign with its counters", body = CampaignView,
+               headers(("ETag" = String, description = "The campaign's version, quoted"))),
+              (status = 404, body = ErrorBody)),
     security(("bearer" = [])), tag = "campaigns")]
 pub async fn get_campaign(
     State(state): State<AppState>,
@@ -319,10 +324,14 @@ async fn apply_update(
 }
 
 #[utoipa::path(patch, path = "/v1/campaigns/{id}",
-    params(("id" = Uuid, Path), ("If-Match" = Option<i64>, Header, nullable = false, description = "expected campaign version")),
+    params(("id" = Uuid, Path), ("If-Match" = Option<i64>, Header, nullable = false, description = "expected campaign version"),
+           ("X-Correlation-Id" = Option<String>, Header, nullable = false, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "the caller's id for this request; recorded on its events and carried on the bus (400 when malformed)")),
     request_body = UpdateCampaign,
-    responses((status = 200, body = CampaignView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody),
+    responses((status = 200, description = "The edited draft", body = CampaignView),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody),
+              (status = 409, description = "Only drafts can be edited (`not_draft`)", body = ErrorBody),
+              (status = 412, body = ErrorBody),
               (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])), tag = "campaigns")]
 pub async fn update_campaign(
@@ -379,8 +388,9 @@ pub async fn update_campaign(
 
 #[utoipa::path(delete, path = "/v1/campaigns/{id}",
     params(("id" = Uuid, Path), ("If-Match" = Option<i64>, Header, nullable = false, description = "expected campaign version")),
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody)),
+    responses((status = 204, description = "The draft was deleted"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody),
+              (status = 409, description = "Only drafts can be deleted (`not_draft`)", body = ErrorBody), (status = 412, body = ErrorBody)),
     security(("bearer" = [])), tag = "campaigns")]
 pub async fn delete_campaign(
     State(state): State<AppState>,
@@ -464,8 +474,9 @@ async fn copy_campaign(
     Ok(Some(id))
 }
 
-#[utoipa::path(post, path = "/v1/campaigns/{id}/duplicate", params(("id" = Uuid, Path)),
-    responses((status = 201, body = CampaignView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+#[utoipa::path(post, path = "/v1/campaigns/{id}/duplicate", params(("id" = Uuid, Path), ("X-Correlation-Id" = Option<String>, Header, nullable = false, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "the caller's id for this request; recorded on its events and carried on the bus (400 when malformed)")),
+    responses((status = 201, description = "The copy, a new draft with the same recipients", body = CampaignView),
+              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody)),
     security(("bearer" = [])), tag = "campaigns")]
 pub async fn duplicate_campaign(

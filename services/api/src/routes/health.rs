@@ -20,7 +20,7 @@ pub struct Readiness {
     pub nats: &'static str,
 }
 
-#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)), tag = "health")]
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "The process is up", body = Health)), tag = "health")]
 pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok" })
 }
@@ -45,7 +45,8 @@ async fn jetstream_ready(state: &AppState) -> bool {
 }
 
 #[utoipa::path(get, path = "/readyz",
-    responses((status = 200, body = Readiness), (status = 503, body = Readiness)), tag = "health")]
+    responses((status = 200, description = "Postgres and JetStream answer", body = Readiness),
+               (status = 503, description = "Postgres or JetStream is down; the body names which", body = Readiness)), tag = "health")]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
     let (pg, nats) = tokio::join!(postgres_ready(&state), jetstream_ready(&state));
     let word = |ok: bool| if ok { "ok" } else { "down" };

@@ -34,12 +34,17 @@ fn parse_action(action: &str) -> ApiResult<Action> {
 }
 
 #[utoipa::path(post, path = "/v1/campaigns/{id}/{action}",
-    params(("id" = Uuid, Path), ("action" = String, Path, description = "schedule, unschedule, start, pause, resume or stop"),
-           ("If-Match" = Option<i64>, Header, nullable = false, description = "expected campaign version")),
-    request_body(content = Option<ScheduleBody>, description = "only for schedule"),
-    responses((status = 200, body = CampaignView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 412, body = ErrorBody),
-              (status = 413, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)),
+    params(("id" = Uuid, Path),
+           ("action" = TransitionAction, Path, description = "schedule, unschedule, start, pause, resume or stop"),
+           ("If-Match" = Option<i64>, Header, nullable = false, description = "expected campaign version"),
+           ("X-Correlation-Id" = Option<String>, Header, nullable = false, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "the caller's id for this request; recorded on its events and carried on the bus (400 when malformed)")),
+    request_body(content = Option<ScheduleBody>, description = "Optional: empty, `null` or an object; only `schedule` reads `scheduled_at`"),
+    responses((status = 200, description = "The transition was committed; the campaign after it", body = CampaignView,
+               headers(("ETag" = String, description = "The campaign's new version, quoted"))),
+              (status = 400, body = ErrorBody),
+              (status = 404, description = "No such campaign for this tenant, or an unknown action", body = ErrorBody),
+              (status = 409, description = "The campaign's status does not allow this transition (`invalid_transition` with `from` and `to`), or a precondition fails (`precondition_failed`, e.g. no recipients)", body = ErrorBody),
+              (status = 412, body = ErrorBody), (status = 413, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])), tag = "lifecycle")]
 pub async fn transition_campaign(
     State(state): State<AppState>,
@@ -53,16 +58,20 @@ pub async fn transition_campaign(
     let action = parse_action(&action)?;
     // Over the body limit: 413 in the JSON error shape, not axum's plain text.
     let body = body?;
+    // Empty and `null` are both "no body" (the document marks the body optional
+    // and nullable).
     let schedule: ScheduleBody = if body.iter().all(u8::is_ascii_whitespace) {
         ScheduleBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            if e.is_syntax() || e.is_eof() {
-                ApiError::bad_request("request body is not valid JSON")
-            } else {
-                ApiError::validation(e.to_string())
-            }
-        })?
+        serde_json::from_slice::<Option<ScheduleBody>>(&body)
+            .map(Option::unwrap_or_default)
+            .map_err(|e| {
+                if e.is_syntax() || e.is_eof() {
+                    ApiError::bad_request("request body is not valid JSON")
+                } else {
+                    ApiError::validation(e.to_string())
+                }
+            })?
     };
     // Bound into the transition's UPDATE whatever the action.
     validate_scheduled_at(schedule.scheduled_at)?;
@@ -86,11 +95,13 @@ pub async fn transition_campaign(
 }
 
 #[utoipa::path(post, path = "/v1/campaigns/bulk/{action}",
-    params(("action" = String, Path, description = "pause, resume or stop")),
+    params(("action" = BulkAction, Path, description = "pause, resume or stop"),
+           ("X-Correlation-Id" = Option<String>, Header, nullable = false, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "the caller's id for this request; recorded on its events and carried on the bus (400 when malformed)")),
     request_body = BulkRequest,
-    responses((status = 200, body = BulkResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
-              (status = 422, body = ErrorBody)),
+    responses((status = 200, description = "One result per id, in order; a failed id does not stop the others", body = BulkResponse),
+              (status = 400, body = ErrorBody),
+              (status = 404, description = "Unknown bulk action", body = ErrorBody),
+              (status = 413, body = ErrorBody), (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])), tag = "lifecycle")]
 pub async fn bulk_transition(
     State(state): State<AppState>,
@@ -180,7 +191,8 @@ async fn list_events(state: &AppState, campaign: Uuid) -> Result<Vec<EventView>,
 }
 
 #[utoipa::path(get, path = "/v1/campaigns/{id}/events", params(("id" = Uuid, Path)),
-    responses((status = 200, body = EventList), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, description = "The campaign's lifecycle events, oldest first", body = EventList),
+              (status = 404, body = ErrorBody)),
     security(("bearer" = [])), tag = "campaigns")]
 pub async fn campaign_events(
     State(state): State<AppState>,

@@ -316,11 +316,18 @@ async fn import_csv(state: &AppState, batch: &mut ImportBatch, body: Body) -> Ap
 }
 
 #[utoipa::path(post, path = "/v1/campaigns/{id}/recipients", params(("id" = Uuid, Path)),
-    request_body(content = RecipientImport, description = "JSON, or text/csv with an `address` column; other columns become variables",
-                 content_type = "application/json"),
-    responses((status = 200, body = ImportResult), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
-              (status = 415, body = ErrorBody), (status = 422, body = ErrorBody)),
+    request_body(description = "JSON `{\"recipients\": [...]}`, or `text/csv` streamed: a header line with an `address` column; \
+                                every other column becomes a string variable",
+                 content(
+                     (RecipientImport = "application/json"),
+                     (String = "text/csv", example = json!("address,name\n+15550001,Ana\n+15550002,Bo\n")))),
+    responses((status = 200, description = "What was imported; rejected rows are listed with their reasons", body = ImportResult),
+              (status = 400, description = "The JSON body is not valid JSON, or the upload was interrupted", body = ErrorBody),
+              (status = 404, body = ErrorBody),
+              (status = 409, description = "The campaign is neither a draft nor scheduled (`not_importable`)", body = ErrorBody),
+              (status = 413, body = ErrorBody),
+              (status = 415, description = "The Content-Type is neither application/json nor text/csv", body = ErrorBody),
+              (status = 422, description = "The JSON has the wrong shape, or the CSV has no header line or no `address` column, or is UTF-16", body = ErrorBody)),
     security(("bearer" = [])), tag = "recipients")]
 pub async fn import_recipients(
     State(state): State<AppState>,
@@ -436,8 +443,8 @@ async fn recipient_page(
 }
 
 #[utoipa::path(get, path = "/v1/campaigns/{id}/recipients", params(("id" = Uuid, Path), RecipientQuery),
-    responses((status = 200, body = RecipientPage), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 422, body = ErrorBody)),
+    responses((status = 200, description = "One page of the campaign's recipients, by id", body = RecipientPage),
+              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
     security(("bearer" = [])), tag = "recipients")]
 pub async fn list_recipients(
     State(state): State<AppState>,
