@@ -131,8 +131,11 @@ impl Bus {
         if let (Some(user), Some(password)) = (&config.nats_user, &config.nats_password) {
             options = options.user_and_password(user.clone(), password.clone());
         }
+        // Every server of the list: the client picks one and reconnects to the
+        // others (and to any the cluster announces) when it is lost.
+        let servers = crate::config::parse_nats_servers(&config.nats_url)?;
         let client = options
-            .connect(config.nats_url.as_str())
+            .connect(servers)
             .await
             .with_context(|| {
                 format!(

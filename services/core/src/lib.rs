@@ -16,6 +16,7 @@ pub mod control;
 pub mod db;
 pub mod lifecycle;
 pub mod outbox;
+pub mod pull;
 pub mod send_window;
 pub mod telemetry;
 pub mod template;
