@@ -111,7 +111,10 @@ pub fn parse_nats_servers(list: &str) -> anyhow::Result<Vec<async_nats::ServerAd
         .filter(|s| !s.is_empty())
         .map(|server| {
             server.parse::<async_nats::ServerAddr>().map_err(|error| {
-                anyhow::anyhow!("invalid NATS server {:?} in NATS_URL: {error}", redact_url(server))
+                anyhow::anyhow!(
+                    "invalid NATS server {:?} in NATS_URL: {error}",
+                    redact_url(server)
+                )
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -183,10 +186,9 @@ mod tests {
 
     #[test]
     fn a_comma_separated_nats_url_yields_every_server_in_order() {
-        let servers = parse_nats_servers(
-            "nats://127.0.0.1:4222, nats://127.0.0.1:4223 ,127.0.0.1:4224,",
-        )
-        .expect("a list parses");
+        let servers =
+            parse_nats_servers("nats://127.0.0.1:4222, nats://127.0.0.1:4223 ,127.0.0.1:4224,")
+                .expect("a list parses");
         let ports: Vec<u16> = servers.iter().map(|s| s.port()).collect();
         assert_eq!(ports, [4222, 4223, 4224]);
         let same_twice = parse_nats_servers("nats://127.0.0.1:4222,nats://127.0.0.1:4222")

@@ -199,10 +199,16 @@ struct Listener<F> {
 
 impl<F: Fn(ControlSignal) + Send + Sync> Listener<F> {
     /// Serves one pull stream until it fails or shutdown is asked for.
-    async fn listen(&mut self, consumer: &consumer::PullConsumer, shutdown: &CancellationToken) -> StreamEnd {
+    async fn listen(
+        &mut self,
+        consumer: &consumer::PullConsumer,
+        shutdown: &CancellationToken,
+    ) -> StreamEnd {
         let mut messages = match crate::pull::open(consumer, None).await {
             Ok(messages) => messages,
-            Err(error) => return StreamEnd::Failed(self.health.failed(&format!("{error:#}"), None)),
+            Err(error) => {
+                return StreamEnd::Failed(self.health.failed(&format!("{error:#}"), None));
+            }
         };
         self.health.opened();
         loop {
@@ -224,7 +230,9 @@ impl<F: Fn(ControlSignal) + Send + Sync> Listener<F> {
                 Some(Err(error)) => {
                     return StreamEnd::Failed(self.health.failed(&error, Some(error.kind())));
                 }
-                None => return StreamEnd::Failed(self.health.failed(&"the pull stream ended", None)),
+                None => {
+                    return StreamEnd::Failed(self.health.failed(&"the pull stream ended", None));
+                }
             }
         }
     }

@@ -8,10 +8,9 @@
 //! pull, so the next pull would only go out when the client's own expiry timer
 //! fires (about 35 s). The loops here therefore drop the stream on any error and
 //! open a new one on the same consumer (a subscription and a pull, no JetStream
-//! API call, so it works while the cluster has no meta leader), after a short
-//! backoff; only after several failures in a row, or when the server says the
-//! consumer is gone, do they look the consumer up (or recreate it) through the
-//! API. [`PullHealth`] keeps the logs to one warning per outage and one info
+//! API call, so it works while the cluster has no meta leader), after a 50-250 ms
+//! backoff; only after 10 s of failures, or when the server says the consumer is
+//! gone, do they look the consumer up (or recreate it) through the API. [`PullHealth`] keeps the logs to one warning per outage and one info
 //! line on recovery.
 
 use std::time::Duration;
@@ -24,13 +23,17 @@ use tokio::time::Instant;
 /// ones end the stream. Short, so a dead consumer leader is noticed within 2 s.
 pub const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
 
-/// First wait before a failed pull stream is reopened; doubles up to [`MAX_REOPEN_DELAY`].
-const FIRST_REOPEN_DELAY: Duration = Duration::from_millis(100);
-const MAX_REOPEN_DELAY: Duration = Duration::from_secs(1);
+/// First wait before a failed pull stream is reopened; doubles up to
+/// [`MAX_REOPEN_DELAY`]. Short: a pull to a consumer without a leader fails at
+/// once ("no responders"), and the new leader should be used within a fraction
+/// of a second of its election.
+const FIRST_REOPEN_DELAY: Duration = Duration::from_millis(50);
+const MAX_REOPEN_DELAY: Duration = Duration::from_millis(250);
 
-/// After this many failures in a row the consumer itself is looked up again
-/// (it may have been deleted, or the stream recreated).
-const FAILURES_BEFORE_LOOKUP: u32 = 10;
+/// While degraded this long, the consumer itself is looked up again (it may have
+/// been deleted, or the stream recreated), and again after each such period. Not
+/// sooner: a lookup during an election can wait for the JetStream timeout (5 s).
+const LOOKUP_EVERY: Duration = Duration::from_secs(10);
 
 /// Opens a pull stream on `consumer` with the short heartbeat. `batch` caps the
 /// messages per pull (the default when `None`).
@@ -56,6 +59,8 @@ pub enum Recovery {
 pub struct PullHealth {
     consumer: String,
     degraded_since: Option<Instant>,
+    /// The start of the outage or the last lookup, whichever is later.
+    looked_up_at: Instant,
     failures: u32,
     opened_at: Instant,
 }
@@ -65,6 +70,7 @@ impl PullHealth {
         Self {
             consumer: consumer.to_owned(),
             degraded_since: None,
+            looked_up_at: Instant::now(),
             failures: 0,
             opened_at: Instant::now(),
         }
@@ -76,17 +82,32 @@ impl PullHealth {
 
     /// Records a failure (of a pull or of the consumer lookup) and says how to
     /// recover. Warns on the first failure of an outage only.
-    pub fn failed(&mut self, error: &dyn std::fmt::Display, kind: Option<MessagesErrorKind>) -> Recovery {
+    pub fn failed(
+        &mut self,
+        error: &dyn std::fmt::Display,
+        kind: Option<MessagesErrorKind>,
+    ) -> Recovery {
+        self.failed_at(Instant::now(), error, kind)
+    }
+
+    fn failed_at(
+        &mut self,
+        now: Instant,
+        error: &dyn std::fmt::Display,
+        kind: Option<MessagesErrorKind>,
+    ) -> Recovery {
         self.failures += 1;
         if self.degraded_since.is_none() {
-            self.degraded_since = Some(Instant::now());
+            self.degraded_since = Some(now);
+            self.looked_up_at = now;
             tracing::warn!(consumer = %self.consumer, %error,
                 "pull consumer degraded; re-issuing pulls until it answers");
         } else {
             tracing::debug!(consumer = %self.consumer, %error, failures = self.failures, "pull still failing");
         }
         let gone = matches!(kind, Some(MessagesErrorKind::ConsumerDeleted));
-        if gone || self.failures % FAILURES_BEFORE_LOOKUP == 0 {
+        if gone || now.duration_since(self.looked_up_at) >= LOOKUP_EVERY {
+            self.looked_up_at = now;
             Recovery::Lookup
         } else {
             Recovery::Reopen
@@ -150,27 +171,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_first_failures_reopen_the_stream_and_every_tenth_looks_the_consumer_up() {
+    fn failures_reopen_the_stream_and_every_ten_seconds_of_them_look_the_consumer_up() {
         let mut health = PullHealth::new("sender");
-        let error = "missed idle heartbeat";
-        let actions: Vec<Recovery> = (0..FAILURES_BEFORE_LOOKUP)
-            .map(|_| health.failed(&error, Some(MessagesErrorKind::MissingHeartbeat)))
+        let start = Instant::now();
+        let kind = Some(MessagesErrorKind::NoResponders);
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        let actions: Vec<Recovery> = [0, 250, 9_000, 10_000, 10_250, 19_999, 20_000]
+            .into_iter()
+            .map(|ms| health.failed_at(at(ms), &"no responders", kind))
             .collect();
-        assert!(actions[..actions.len() - 1].iter().all(|a| *a == Recovery::Reopen));
-        assert_eq!(actions.last(), Some(&Recovery::Lookup));
+        use Recovery::{Lookup, Reopen};
+        assert_eq!(
+            actions,
+            [Reopen, Reopen, Reopen, Lookup, Reopen, Reopen, Lookup]
+        );
     }
 
     #[test]
     fn a_deleted_consumer_is_looked_up_at_once() {
         let mut health = PullHealth::new("ctl_sender_a");
         assert_eq!(
-            health.failed(&"consumer deleted", Some(MessagesErrorKind::ConsumerDeleted)),
+            health.failed(
+                &"consumer deleted",
+                Some(MessagesErrorKind::ConsumerDeleted)
+            ),
             Recovery::Lookup
         );
     }
 
     #[test]
-    fn the_retry_delay_backs_off_to_one_second_and_resets_when_healthy() {
+    fn the_retry_delay_backs_off_to_a_quarter_second_and_resets_when_healthy() {
         let mut health = PullHealth::new("packer");
         let mut delays = Vec::new();
         for _ in 0..8 {

@@ -11,10 +11,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use herald_core::bus::SENDER_DURABLE;
+use herald_core::contracts::ControlAction;
 use herald_core::lifecycle::Status;
 use herald_testkit::cluster::{consumer_leader, nats_server_version, pip_nats_server};
 use herald_testkit::faults::{ProcessStack, repeated_keys, wait_until};
-use herald_testkit::{NatsCluster, NatsServer, ProviderDouble, free_port, nats_server_binary};
+use herald_testkit::{
+    NatsCluster, NatsServer, ProviderDouble, Stack, TestEnv, free_port, nats_server_binary,
+    test_packer_config, test_sender_config,
+};
 use reqwest::Method;
 use serde_json::json;
 use uuid::Uuid;
@@ -90,9 +94,11 @@ async fn survive_losing_the_work_consumer_leader(binary: PathBuf) {
     let provider = ProviderDouble::start(Duration::from_millis(2)).await;
     let id = start_campaign(&stack, &provider).await;
     let diagnostics = |cluster: &NatsCluster| format!("{}\n{}", stack.logs(), cluster.logs());
-    wait_until("the first provider requests", Duration::from_secs(60), || async {
-        (provider.request_count() >= 200).then_some(())
-    })
+    wait_until(
+        "the first provider requests",
+        Duration::from_secs(60),
+        || async { (provider.request_count() >= 200).then_some(()) },
+    )
     .await;
 
     // Kill -9 the node that leads the senders' work consumer.
@@ -108,10 +114,14 @@ async fn survive_losing_the_work_consumer_leader(binary: PathBuf) {
         elected_at - killed_at
     );
     let watched_until = elected_at + WATCH_AFTER_ELECTION;
-    wait_until("sending well after the election", Duration::from_secs(90), || async {
-        let last = provider.requests().iter().map(|r| r.started).max()?;
-        (last >= watched_until).then_some(())
-    })
+    wait_until(
+        "sending well after the election",
+        Duration::from_secs(90),
+        || async {
+            let last = provider.requests().iter().map(|r| r.started).max()?;
+            (last >= watched_until).then_some(())
+        },
+    )
     .await;
     let starts: Vec<Instant> = provider.requests().iter().map(|r| r.started).collect();
     let (overall, ended) = longest_silence(&starts, killed_at, watched_until);
@@ -139,7 +149,8 @@ async fn survive_losing_the_work_consumer_leader(binary: PathBuf) {
     // Bring the node back, then resume: control again, and sending within the bound.
     cluster.restart(node).await;
     let before_resume = control.read().await;
-    let started_after_pause = provider.count_matching(|r| r.started > paused_at + SENDING_RESUMES_WITHIN);
+    let started_after_pause =
+        provider.count_matching(|r| r.started > paused_at + SENDING_RESUMES_WITHIN);
     assert_eq!(
         started_after_pause, 0,
         "requests started long after the pause response"
@@ -149,14 +160,18 @@ async fn survive_losing_the_work_consumer_leader(binary: PathBuf) {
     control
         .assert_each_applied_one_more(&before_resume, CONTROL_APPLIED_WITHIN_SECONDS)
         .await;
-    let first = wait_until("sending after the resume", Duration::from_secs(60), || async {
-        provider
-            .requests()
-            .iter()
-            .map(|r| r.started)
-            .filter(|s| *s > resumed_at)
-            .min()
-    })
+    let first = wait_until(
+        "sending after the resume",
+        Duration::from_secs(60),
+        || async {
+            provider
+                .requests()
+                .iter()
+                .map(|r| r.started)
+                .filter(|s| *s > resumed_at)
+                .min()
+        },
+    )
     .await;
     println!("sending resumed {:?} after the resume", first - resumed_at);
     assert!(
@@ -169,24 +184,37 @@ async fn survive_losing_the_work_consumer_leader(binary: PathBuf) {
     // Exactly once: every recipient reached the provider, none twice.
     let body = stack.assert_settled(id, RECIPIENTS).await;
     assert_eq!(body["counters"]["sent"], RECIPIENTS as u64, "{body}");
-    assert!(repeated_keys(&provider).is_empty(), "a recipient got two requests");
-    assert_eq!(provider.per_key().len(), RECIPIENTS, "a recipient was skipped");
-    for process in std::iter::once(&stack.api).chain(&stack.packers).chain(&stack.senders) {
+    assert!(
+        repeated_keys(&provider).is_empty(),
+        "a recipient got two requests"
+    );
+    assert_eq!(
+        provider.per_key().len(),
+        RECIPIENTS,
+        "a recipient was skipped"
+    );
+    for process in std::iter::once(&stack.api)
+        .chain(&stack.packers)
+        .chain(&stack.senders)
+    {
         let log = process.log();
         let degraded = log.matches("pull consumer degraded").count();
         let recovered = log.matches("pull consumer recovered").count();
-        println!("{}: {degraded} degraded and {recovered} recovered lines", process.name());
+        println!(
+            "{}: {degraded} degraded and {recovered} recovered lines",
+            process.name()
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_nats_2_9_losing_the_node_that_leads_the_send_consumer_stalls_sending_under_5_s_and_pause_and_resume_reach_every_replica_exactly_once()
+async fn on_nats_2_9_after_the_node_leading_the_send_consumer_dies_sending_resumes_within_5_s_of_the_new_leader_and_pause_and_resume_reach_every_replica_exactly_once()
  {
     survive_losing_the_work_consumer_leader(nats_server_binary()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_nats_2_15_losing_the_node_that_leads_the_send_consumer_stalls_sending_under_5_s_and_pause_and_resume_reach_every_replica_exactly_once()
+async fn on_nats_2_15_after_the_node_leading_the_send_consumer_dies_sending_resumes_within_5_s_of_the_new_leader_and_pause_and_resume_reach_every_replica_exactly_once()
  {
     let binary = pip_nats_server(Path::new(env!("CARGO_TARGET_TMPDIR")));
     survive_losing_the_work_consumer_leader(binary).await;
@@ -203,8 +231,10 @@ async fn a_comma_separated_nats_url_serves_every_service_and_the_cli() {
         .call(
             Method::POST,
             "/v1/campaigns",
-            Some(json!({"name": "list", "channel": provider.webhook_channel(),
-                "template": {"body": "Hi {{ name }}"}})),
+            Some(
+                json!({"name": "list", "channel": provider.webhook_channel(),
+                "template": {"body": "Hi {{ name }}"}}),
+            ),
         )
         .await;
     assert_eq!(status, 201, "{created}");
@@ -217,4 +247,78 @@ async fn a_comma_separated_nats_url_serves_every_service_and_the_cli() {
     assert_eq!(body["counters"]["sent"], 50, "{body}");
     let output = stack.env.run_to_completion(herald(), &["dlq", "list"]);
     assert!(output.status.success());
+}
+
+/// Replicas (in this process) that start together with a new cluster, so their
+/// control durables are created before the consumers have leaders: each must
+/// still apply pause, resume and stop within 1 s of the response.
+async fn replicas_started_with_the_cluster_hear_every_control_message(binary: PathBuf) {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
+    println!("nats-server: {}", nats_server_version(&binary));
+    let cluster = NatsCluster::start(&binary, 3).await;
+    let mut env = TestEnv::with_nats(&cluster.urls()).await;
+    env.common.stream_replicas = 3;
+    let stack = Stack::start_on(env, 1, 2, test_packer_config(), test_sender_config()).await;
+    // 20 recipients at 1/s: running through every transition below.
+    let (status, created) = stack
+        .call(
+            Method::POST,
+            "/v1/campaigns",
+            Some(json!({"name": "forming", "channel": {"provider": "log"},
+                "template": {"body": "Hi"}, "rate_limit_per_second": 1})),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id: Uuid = created["id"].as_str().expect("id").parse().expect("uuid");
+    stack.import(id, 20).await;
+    assert_eq!(stack.transition(id, "start").await.0, 200);
+    for (action, expected) in [
+        ("pause", ControlAction::Pause),
+        ("resume", ControlAction::Resume),
+        ("stop", ControlAction::Stop),
+    ] {
+        let (status, body) = stack.transition(id, action).await;
+        assert_eq!(status, 200, "{action}: {body}");
+        let answered = Instant::now();
+        let heard_by_all = || {
+            let packers = stack
+                .workers
+                .packers
+                .iter()
+                .all(|p| p.applied_controls().contains(&(id, expected)));
+            let senders = stack.workers.senders.iter().all(|s| {
+                s.applied_controls()
+                    .iter()
+                    .any(|c| c.campaign_id == id && c.action == expected)
+            });
+            packers && senders
+        };
+        wait_until(
+            &format!("every replica to apply {action}"),
+            Duration::from_secs(30),
+            || async { heard_by_all().then_some(()) },
+        )
+        .await;
+        let took = answered.elapsed();
+        println!("{action} applied by every replica {took:?} after the response");
+        assert!(
+            took <= Duration::from_secs(1),
+            "{action} took {took:?} to reach every replica\n{}",
+            cluster.logs()
+        );
+    }
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_nats_2_9_replicas_started_while_the_cluster_forms_apply_every_control_message_within_1_s()
+ {
+    replicas_started_with_the_cluster_hear_every_control_message(nats_server_binary()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_nats_2_15_replicas_started_while_the_cluster_forms_apply_every_control_message_within_1_s()
+ {
+    let binary = pip_nats_server(Path::new(env!("CARGO_TARGET_TMPDIR")));
+    replicas_started_with_the_cluster_hear_every_control_message(binary).await;
 }

