@@ -10,7 +10,7 @@
 //!
 //! On a cluster the pull of a durable can go unanswered (its leader died, or it
 //! has none yet because it was just created); the listener then re-issues the
-//! pull on its own within about a second ([`crate::pull`]).
+//! pull on its own within 250 ms of noticing ([`crate::pull`]).
 
 use std::time::Duration;
 
@@ -140,7 +140,7 @@ where
 ///
 /// A failed pull (a replica that started while the cluster was forming and got
 /// "no responders", missed heartbeats after a node loss) reopens the pull within
-/// about a second, so the replica never stays deaf; see [`crate::pull`].
+/// 250 ms, so the replica never stays deaf; see [`crate::pull`].
 pub async fn run_control_listener<F>(
     bus: Bus,
     config: ControlListenerConfig,

@@ -7,11 +7,12 @@
 //! `async_nats` pull stream reports each as an error but keeps its outstanding
 //! pull, so the next pull would only go out when the client's own expiry timer
 //! fires (about 35 s). The loops here therefore drop the stream on any error and
-//! open a new one on the same consumer (a subscription and a pull, no JetStream
-//! API call, so it works while the cluster has no meta leader), after a 50-250 ms
-//! backoff; only after 10 s of failures, or when the server says the consumer is
-//! gone, do they look the consumer up (or recreate it) through the API. [`PullHealth`] keeps the logs to one warning per outage and one info
-//! line on recovery.
+//! open a new one on the same consumer after a 50-250 ms backoff: a subscription
+//! and a pull, which the consumer's new leader answers as soon as there is one.
+//! Only after 10 s of failures, or when the server says the consumer is gone, do
+//! they look the consumer up (or recreate it) through the JetStream API, whose
+//! requests can wait for the 5 s timeout during an election. [`PullHealth`]
+//! keeps the logs to one warning per outage and one info line on recovery.
 
 use std::time::Duration;
 

@@ -267,8 +267,8 @@ struct LoopParts<F> {
 ///
 /// A failed pull (missed heartbeats after a node loss, "no responders" while the
 /// consumer has no leader, a lost connection) reopens the pull stream within
-/// about a second; `consumer` is called again to look the consumer up after
-/// repeated failures or when it was deleted (see [`crate::pull`]).
+/// 250 ms; `consumer` is called again to look the consumer up after 10 s of
+/// failures or when it was deleted (see [`crate::pull`]).
 pub async fn run_work_loop<T, C, CFut, F, Fut>(
     bus: Bus,
     identity: WorkerIdentity,
