@@ -165,7 +165,7 @@ pub async fn run_control_listener<F>(
             Err(error) => {
                 let error = format!("control consumer unavailable: {error:#}");
                 listener.health.failed(&error, None);
-                if !pause(&shutdown, listener.health.retry_delay()).await {
+                if !pause(&listener.bus.client, &shutdown, listener.health.retry_delay()).await {
                     return;
                 }
                 continue;
@@ -175,7 +175,7 @@ pub async fn run_control_listener<F>(
             match listener.listen(&consumer, &shutdown).await {
                 StreamEnd::Shutdown => return,
                 StreamEnd::Failed(recovery) => {
-                    if !pause(&shutdown, listener.health.retry_delay()).await {
+                    if !pause(&listener.bus.client, &shutdown, listener.health.retry_delay()).await {
                         return;
                     }
                     if recovery == Recovery::Lookup {

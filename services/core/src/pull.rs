@@ -151,11 +151,25 @@ pub(crate) enum StreamEnd {
     Failed(Recovery),
 }
 
-/// Waits `delay`; false when shutdown came first.
-pub(crate) async fn pause(shutdown: &crate::CancellationToken, delay: Duration) -> bool {
-    tokio::select! {
-        _ = shutdown.cancelled() => false,
-        _ = tokio::time::sleep(delay) => true,
+/// Waits `delay`, then for the client to be connected; false when shutdown
+/// came first. While disconnected a new pull would only queue in the client
+/// (with its subscription), and a long outage would fill the client's command
+/// queue that every publish of the process shares.
+pub(crate) async fn pause(
+    client: &async_nats::Client,
+    shutdown: &crate::CancellationToken,
+    delay: Duration,
+) -> bool {
+    let mut wait = delay;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        if client.connection_state() == async_nats::connection::State::Connected {
+            return true;
+        }
+        wait = MAX_REOPEN_DELAY;
     }
 }
 

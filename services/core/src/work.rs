@@ -299,7 +299,7 @@ where
             Ok(pull) => pull,
             Err(error) => {
                 health.failed(&format!("work consumer unavailable: {error:#}"), None);
-                if !pause(&parts.shutdown, health.retry_delay()).await {
+                if !pause(&parts.bus.client, &parts.shutdown, health.retry_delay()).await {
                     break;
                 }
                 continue;
@@ -314,7 +314,7 @@ where
             match serve_stream::<T, _, _>(&parts, &pull, &mut health).await {
                 StreamEnd::Shutdown => break 'lookup,
                 StreamEnd::Failed(recovery) => {
-                    if !pause(&parts.shutdown, health.retry_delay()).await {
+                    if !pause(&parts.bus.client, &parts.shutdown, health.retry_delay()).await {
                         break 'lookup;
                     }
                     if recovery == Recovery::Lookup {
