@@ -165,7 +165,7 @@ pub async fn run_control_listener<F>(
             Err(error) => {
                 let error = format!("control consumer unavailable: {error:#}");
                 listener.health.failed(&error, None);
-                if !pause(&listener.bus.client, &shutdown, listener.health.retry_delay()).await {
+                if !listener.retry(&shutdown).await {
                     return;
                 }
                 continue;
@@ -175,7 +175,7 @@ pub async fn run_control_listener<F>(
             match listener.listen(&consumer, &shutdown).await {
                 StreamEnd::Shutdown => return,
                 StreamEnd::Failed(recovery) => {
-                    if !pause(&listener.bus.client, &shutdown, listener.health.retry_delay()).await {
+                    if !listener.retry(&shutdown).await {
                         return;
                     }
                     if recovery == Recovery::Lookup {
@@ -198,6 +198,11 @@ struct Listener<F> {
 }
 
 impl<F: Fn(ControlSignal) + Send + Sync> Listener<F> {
+    /// Waits before the next attempt; false on shutdown.
+    async fn retry(&self, shutdown: &CancellationToken) -> bool {
+        pause(&self.bus.client, shutdown, self.health.retry_delay()).await
+    }
+
     /// Serves one pull stream until it fails or shutdown is asked for.
     async fn listen(
         &mut self,

@@ -262,6 +262,13 @@ struct LoopParts<F> {
     shutdown: CancellationToken,
 }
 
+impl<F> LoopParts<F> {
+    /// Waits before the next attempt; false on shutdown.
+    async fn retry(&self, health: &PullHealth) -> bool {
+        pause(&self.bus.client, &self.shutdown, health.retry_delay()).await
+    }
+}
+
 /// Pulls from a shared work consumer and runs `step` on each message, at most
 /// `max_in_flight` at a time, until `shutdown`. In-flight steps finish first.
 ///
@@ -299,7 +306,7 @@ where
             Ok(pull) => pull,
             Err(error) => {
                 health.failed(&format!("work consumer unavailable: {error:#}"), None);
-                if !pause(&parts.bus.client, &parts.shutdown, health.retry_delay()).await {
+                if !parts.retry(&health).await {
                     break;
                 }
                 continue;
@@ -314,7 +321,7 @@ where
             match serve_stream::<T, _, _>(&parts, &pull, &mut health).await {
                 StreamEnd::Shutdown => break 'lookup,
                 StreamEnd::Failed(recovery) => {
-                    if !pause(&parts.bus.client, &parts.shutdown, health.retry_delay()).await {
+                    if !parts.retry(&health).await {
                         break 'lookup;
                     }
                     if recovery == Recovery::Lookup {

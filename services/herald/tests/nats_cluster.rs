@@ -198,7 +198,10 @@ async fn survive_losing_the_work_consumer_leader(binary: PathBuf) {
     // worker's two consumers (work and control).
     for process in stack.packers.iter().chain(&stack.senders) {
         let log = process.log();
-        let lines: Vec<&str> = log.lines().filter(|l| l.contains("pull consumer")).collect();
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("pull consumer"))
+            .collect();
         let degraded = lines.iter().filter(|l| l.contains("degraded;")).count();
         let recovered = lines.iter().filter(|l| l.contains("recovered")).count();
         let name = process.name();
