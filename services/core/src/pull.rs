@@ -21,8 +21,17 @@ use async_nats::jetstream::consumer::pull::{self, MessagesErrorKind};
 use tokio::time::Instant;
 
 /// The server sends an idle heartbeat this often while a pull waits; two missed
-/// ones end the stream. Short, so a dead consumer leader is noticed within 2 s.
-pub const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+/// ones end the stream. A dead consumer leader is noticed within 4 s, before
+/// the servers have elected its successor (4-9 s); shorter would only add false
+/// alarms when a busy process does not read its socket for a moment (each one
+/// drops the messages buffered for the old pull until `ack_wait` redelivers them).
+pub const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// How long one pull request lives on the server before the stream sends the
+/// next (the client default is 30 s). Short, so a pull that a node holds but
+/// will never serve (one that lost the consumer's leadership while the cluster
+/// formed or failed over, and kept sending heartbeats) is replaced within 5 s.
+pub const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
 /// First wait before a failed pull stream is reopened; doubles up to
 /// [`MAX_REOPEN_DELAY`]. Short: a pull to a consumer without a leader fails at
@@ -36,10 +45,13 @@ const MAX_REOPEN_DELAY: Duration = Duration::from_millis(250);
 /// sooner: a lookup during an election can wait for the JetStream timeout (5 s).
 const LOOKUP_EVERY: Duration = Duration::from_secs(10);
 
-/// Opens a pull stream on `consumer` with the short heartbeat. `batch` caps the
+/// Opens a pull stream on `consumer` with the short heartbeat and expiry. `batch` caps the
 /// messages per pull (the default when `None`).
 pub async fn open(consumer: &PullConsumer, batch: Option<usize>) -> anyhow::Result<pull::Stream> {
-    let mut builder = consumer.stream().heartbeat(PULL_HEARTBEAT);
+    let mut builder = consumer
+        .stream()
+        .expires(PULL_EXPIRES)
+        .heartbeat(PULL_HEARTBEAT);
     if let Some(batch) = batch {
         builder = builder.max_messages_per_batch(batch);
     }
