@@ -42,7 +42,8 @@ impl Machine {
         }
         .await;
         let nats = async {
-            let client = async_nats::connect(args.nats_url.as_str()).await.ok()?;
+            let servers = herald_core::config::parse_nats_servers(&args.nats_url).ok()?;
+            let client = async_nats::connect(servers).await.ok()?;
             Some(client.server_info().version)
         }
         .await;

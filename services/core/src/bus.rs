@@ -68,15 +68,15 @@ impl Bus {
         if let (Some(user), Some(password)) = (&config.nats_user, &config.nats_password) {
             options = options.user_and_password(user.clone(), password.clone());
         }
-        let client = options
-            .connect(config.nats_url.as_str())
-            .await
-            .with_context(|| {
-                format!(
-                    "connecting to NATS at {}",
-                    crate::config::redact_url(&config.nats_url)
-                )
-            })?;
+        // Every server of the list: the client picks one and reconnects to the
+        // others (and to any the cluster announces) when it is lost.
+        let servers = crate::config::parse_nats_servers(&config.nats_url)?;
+        let client = options.connect(servers).await.with_context(|| {
+            format!(
+                "connecting to NATS at {}",
+                crate::config::redact_url(&config.nats_url)
+            )
+        })?;
         let js = jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(5))
             // Stay well under the server's 5,000 pending-ack backpressure (docs/SCALING.md).

@@ -17,7 +17,9 @@ pub struct CommonConfig {
     #[arg(long, env = "HERALD_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
 
-    /// NATS server URL(s), comma separated.
+    /// NATS server URL(s), comma separated (for example the nodes of a
+    /// cluster: `nats://nats-1:4222,nats://nats-2:4222,nats://nats-3:4222`).
+    /// The client connects to one of them and reconnects to the others.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
 
@@ -108,6 +110,26 @@ impl CommonConfig {
     }
 }
 
+/// Parses `NATS_URL`: one server or a comma-separated list (blanks around the
+/// commas are ignored). Each entry is a `nats://host:port` URL or `host:port`.
+pub fn parse_nats_servers(list: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
+    let servers = list
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|server| {
+            server.parse::<async_nats::ServerAddr>().map_err(|error| {
+                anyhow::anyhow!(
+                    "invalid NATS server {:?} in NATS_URL: {error}",
+                    redact_url(server)
+                )
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(!servers.is_empty(), "NATS_URL lists no server");
+    Ok(servers)
+}
+
 /// Keeps `[A-Za-z0-9_-]` and replaces everything else, as NATS consumer names need.
 pub fn sanitize_name(raw: &str) -> String {
     raw.chars()
@@ -122,8 +144,12 @@ pub fn sanitize_name(raw: &str) -> String {
         .collect()
 }
 
-/// Hides the password part of a URL, for logs.
+/// Hides the password part of a URL (or of each URL of a comma-separated
+/// list), for logs.
 pub fn redact_url(url: &str) -> String {
+    if url.contains(',') {
+        return url.split(',').map(redact_url).collect::<Vec<_>>().join(",");
+    }
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme_end), Some(at)) if at > scheme_end => {
             let userinfo = &url[scheme_end + 3..at];
@@ -165,6 +191,36 @@ mod tests {
             "postgres://herald:***@db:5432/herald"
         );
         assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+    }
+
+    #[test]
+    fn a_comma_separated_nats_url_yields_every_server_in_order() {
+        let servers =
+            parse_nats_servers("nats://127.0.0.1:4222, nats://127.0.0.1:4223 ,127.0.0.1:4224,")
+                .expect("a list parses");
+        let ports: Vec<u16> = servers.iter().map(|s| s.port()).collect();
+        assert_eq!(ports, [4222, 4223, 4224]);
+        let same_twice = parse_nats_servers("nats://127.0.0.1:4222,nats://127.0.0.1:4222")
+            .expect("the same server twice parses");
+        assert_eq!(same_twice.len(), 2);
+    }
+
+    #[test]
+    fn a_bad_entry_in_the_nats_url_list_is_named_without_its_password() {
+        let error = parse_nats_servers("nats://a:4222,nats://user:s3cret@b:notaport")
+            .expect_err("a bad port fails")
+            .to_string();
+        assert!(error.contains("user:***@b:notaport"), "{error}");
+        assert!(!error.contains("s3cret"), "{error}");
+        assert!(parse_nats_servers(" , ").is_err(), "an empty list fails");
+    }
+
+    #[test]
+    fn every_url_of_a_list_is_redacted() {
+        assert_eq!(
+            redact_url("nats://u:p@a:4222,nats://u:p@b:4222"),
+            "nats://u:***@a:4222,nats://u:***@b:4222"
+        );
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! it is recreated from the sequence after the last one seen, never from the start
 //! of the stream. Control messages are hints: the callback must only drop cached
 //! state and re-read Postgres, so replays and forgeries are harmless.
+//!
+//! On a cluster the pull of a durable can go unanswered (its leader died, or it
+//! has none yet because it was just created); the listener then re-issues the
+//! pull on its own within 250 ms of noticing ([`crate::pull`]).
 
 use std::time::Duration;
 
@@ -18,6 +22,7 @@ use futures::StreamExt;
 use crate::CancellationToken;
 use crate::bus::Bus;
 use crate::contracts::{self, ControlMessage};
+use crate::pull::{PullHealth, Recovery, StreamEnd, pause, sleep_until};
 use crate::work::{WorkerIdentity, dead_letter};
 
 /// Control fast-path settings shared by packer and sender replicas.
@@ -68,11 +73,13 @@ impl ControlListenerConfig {
     }
 }
 
-async fn open_control_consumer(
+/// Looks up this replica's durable, or creates it: at the next message when new,
+/// after `last_seen` when it was lost.
+async fn control_consumer(
     bus: &Bus,
     config: &ControlListenerConfig,
     last_seen: Option<u64>,
-) -> anyhow::Result<pull::Stream> {
+) -> anyhow::Result<consumer::PullConsumer> {
     let stream = bus.js.get_stream(&bus.streams.control).await?;
     let deliver_policy = match last_seen {
         // Recreated after a loss: continue after what we saw, never replay all.
@@ -82,7 +89,7 @@ async fn open_control_consumer(
         None => DeliverPolicy::New,
     };
     let durable = config.durable_name();
-    let consumer: consumer::PullConsumer = stream
+    Ok(stream
         .get_or_create_consumer(
             &durable,
             pull::Config {
@@ -96,11 +103,6 @@ async fn open_control_consumer(
                 ..Default::default()
             },
         )
-        .await?;
-    Ok(consumer
-        .stream()
-        .heartbeat(Duration::from_secs(5))
-        .messages()
         .await?)
 }
 
@@ -135,6 +137,10 @@ where
 
 /// Runs until shutdown, calling `on_signal` for every valid control message.
 /// Invalid ones are terminated, counted and dead-lettered.
+///
+/// A failed pull (a replica that started while the cluster was forming and got
+/// "no responders", missed heartbeats after a node loss) reopens the pull within
+/// 250 ms, so the replica never stays deaf; see [`crate::pull`].
 pub async fn run_control_listener<F>(
     bus: Bus,
     config: ControlListenerConfig,
@@ -143,69 +149,131 @@ pub async fn run_control_listener<F>(
 ) where
     F: Fn(ControlSignal) + Send + Sync,
 {
-    let identity = WorkerIdentity {
-        consumer: config.durable_name(),
-        replica_id: config.replica_id.clone(),
+    let mut listener = Listener {
+        identity: WorkerIdentity {
+            consumer: config.durable_name(),
+            replica_id: config.replica_id.clone(),
+        },
+        health: PullHealth::new(&config.durable_name()),
+        last_seen: None,
+        bus,
+        on_signal,
     };
-    let mut last_seen: Option<u64> = None;
-    while !shutdown.is_cancelled() {
-        let mut messages = match open_control_consumer(&bus, &config, last_seen).await {
-            Ok(m) => m,
+    'lookup: while !shutdown.is_cancelled() {
+        let consumer = match control_consumer(&listener.bus, &config, listener.last_seen).await {
+            Ok(consumer) => consumer,
             Err(error) => {
-                tracing::warn!(error = %format!("{error:#}"), "control consumer unavailable; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                let error = format!("control consumer unavailable: {error:#}");
+                listener.health.failed(&error, None);
+                if !listener.retry(&shutdown).await {
+                    return;
                 }
+                continue;
             }
         };
         loop {
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                next = messages.next() => next,
-            };
-            let message = match next {
-                Some(Ok(m)) => m,
-                Some(Err(error)) => {
-                    tracing::warn!(%error, "control pull error");
-                    if matches!(error.kind(), pull::MessagesErrorKind::ConsumerDeleted) {
-                        break;
+            match listener.listen(&consumer, &shutdown).await {
+                StreamEnd::Shutdown => return,
+                StreamEnd::Failed(recovery) => {
+                    if !listener.retry(&shutdown).await {
+                        return;
                     }
+                    if recovery == Recovery::Lookup {
+                        continue 'lookup;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One replica's control listener between pull streams.
+struct Listener<F> {
+    bus: Bus,
+    identity: WorkerIdentity,
+    health: PullHealth,
+    /// The highest stream sequence handled, to recreate a lost durable after it.
+    last_seen: Option<u64>,
+    on_signal: F,
+}
+
+impl<F: Fn(ControlSignal) + Send + Sync> Listener<F> {
+    /// Waits before the next attempt; false on shutdown.
+    async fn retry(&self, shutdown: &CancellationToken) -> bool {
+        pause(&self.bus.client, shutdown, self.health.retry_delay()).await
+    }
+
+    /// Serves one pull stream until it fails or shutdown is asked for.
+    async fn listen(
+        &mut self,
+        consumer: &consumer::PullConsumer,
+        shutdown: &CancellationToken,
+    ) -> StreamEnd {
+        let mut messages = match crate::pull::open(consumer, None).await {
+            Ok(messages) => messages,
+            Err(error) => {
+                return StreamEnd::Failed(self.health.failed(&format!("{error:#}"), None));
+            }
+        };
+        self.health.opened();
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return StreamEnd::Shutdown,
+                next = messages.next() => next,
+                // Idle but no missed heartbeat: the pull is being served again.
+                _ = sleep_until(self.health.proven_at()) => {
+                    self.health.healthy();
                     continue;
                 }
-                None => break,
             };
-            let info = message
-                .info()
-                .ok()
-                .map(|i| (i.stream_sequence, i.published));
-            if let Some((seq, _)) = info {
-                last_seen = Some(last_seen.map_or(seq, |s| s.max(seq)));
+            match next {
+                Some(Ok(message)) => {
+                    self.health.healthy();
+                    self.handle(message).await;
+                }
+                Some(Err(error)) => {
+                    return StreamEnd::Failed(self.health.failed(&error, Some(error.kind())));
+                }
+                None => {
+                    return StreamEnd::Failed(self.health.failed(&"the pull stream ended", None));
+                }
             }
-            match contracts::decode::<ControlMessage>(&message.payload) {
-                Ok(control) => {
-                    let published_at = info
-                        .and_then(|(_, p)| {
-                            DateTime::from_timestamp_nanos(p.unix_timestamp_nanos() as i64).into()
-                        })
-                        .unwrap_or_else(Utc::now);
-                    let request_correlation_id = message
-                        .headers
-                        .as_ref()
-                        .and_then(|h| h.get(crate::bus::REQUEST_CORRELATION_HEADER))
-                        .map(|v| v.as_str().to_owned());
-                    on_signal(ControlSignal {
-                        message: control,
-                        published_at,
-                        stream_sequence: info.map(|(s, _)| s).unwrap_or(0),
-                        request_correlation_id,
-                    });
-                    let _ = message.ack().await;
-                }
-                Err(error) => {
-                    dead_letter(&bus, &identity, &message, &error.to_string()).await;
-                    let _ = message.ack_with(AckKind::Term).await;
-                }
+        }
+    }
+
+    /// Hands one control message to `on_signal` and acks it, or dead-letters it.
+    async fn handle(&mut self, message: async_nats::jetstream::Message) {
+        let info = message
+            .info()
+            .ok()
+            .map(|i| (i.stream_sequence, i.published));
+        if let Some((seq, _)) = info {
+            self.last_seen = Some(self.last_seen.map_or(seq, |s| s.max(seq)));
+        }
+        match contracts::decode::<ControlMessage>(&message.payload) {
+            Ok(control) => {
+                let published_at = info
+                    .and_then(|(_, p)| {
+                        DateTime::from_timestamp_nanos(p.unix_timestamp_nanos() as i64).into()
+                    })
+                    .unwrap_or_else(Utc::now);
+                let request_correlation_id = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(crate::bus::REQUEST_CORRELATION_HEADER))
+                    .map(|v| v.as_str().to_owned());
+                (self.on_signal)(ControlSignal {
+                    message: control,
+                    published_at,
+                    stream_sequence: info.map(|(s, _)| s).unwrap_or(0),
+                    request_correlation_id,
+                });
+                let _ = message.ack().await;
+            }
+            Err(error) => {
+                dead_letter(&self.bus, &self.identity, &message, &error.to_string()).await;
+                let _ = message.ack_with(AckKind::Term).await;
             }
         }
     }

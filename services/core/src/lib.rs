@@ -3,7 +3,7 @@
 //! The campaign lifecycle (`lifecycle`, `transitions`), the bus contracts
 //! (`contracts`), the JetStream layout (`bus`), the outbox relay (`outbox`), the
 //! recipient ledger (`ledger`), and the consumer loops that every worker runs
-//! (`work`, `control`). Postgres is the source of truth; NATS only distributes.
+//! (`work`, `control`, on the self-healing pulls of `pull`). Postgres is the source of truth; NATS only distributes.
 
 pub mod auth;
 pub mod bus;
@@ -18,6 +18,7 @@ pub mod db;
 pub mod installation;
 pub mod lifecycle;
 pub mod outbox;
+pub mod pull;
 pub mod send_window;
 pub mod subjects;
 pub mod telemetry;

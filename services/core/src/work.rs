@@ -19,6 +19,7 @@ use tracing::Instrument;
 use crate::CancellationToken;
 use crate::bus::{Bus, REQUEST_CORRELATION_HEADER};
 use crate::contracts::{self, Contract, DeadLetter};
+use crate::pull::{self, PullHealth, Recovery, StreamEnd, pause};
 
 /// What a step decided about its message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,8 +252,30 @@ fn spawn_sampler(mut consumer: PullConsumer, name: String, stop: CancellationTok
     });
 }
 
+/// What a work loop needs while it serves one pull stream.
+struct LoopParts<F> {
+    bus: Bus,
+    identity: WorkerIdentity,
+    step: F,
+    slots: Arc<Semaphore>,
+    batch: usize,
+    shutdown: CancellationToken,
+}
+
+impl<F> LoopParts<F> {
+    /// Waits before the next attempt; false on shutdown.
+    async fn retry(&self, health: &PullHealth) -> bool {
+        pause(&self.bus.client, &self.shutdown, health.retry_delay()).await
+    }
+}
+
 /// Pulls from a shared work consumer and runs `step` on each message, at most
 /// `max_in_flight` at a time, until `shutdown`. In-flight steps finish first.
+///
+/// A failed pull (missed heartbeats after a node loss, "no responders" while the
+/// consumer has no leader, a lost connection) reopens the pull stream within
+/// 250 ms; `consumer` is called again to look the consumer up after 10 s of
+/// failures or when it was deleted (see [`crate::pull`]).
 pub async fn run_work_loop<T, C, CFut, F, Fut>(
     bus: Bus,
     identity: WorkerIdentity,
@@ -268,71 +291,107 @@ where
     F: Fn(T, Delivery) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = StepOutcome> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(max_in_flight));
+    let mut health = PullHealth::new(&identity.consumer);
+    let parts = LoopParts {
+        bus,
+        identity,
+        step,
+        slots: Arc::new(Semaphore::new(max_in_flight)),
+        batch: max_in_flight,
+        shutdown,
+    };
     let mut sampler: Option<CancellationToken> = None;
-    'reconnect: while !shutdown.is_cancelled() {
-        if let Some(previous) = sampler.take() {
-            previous.cancel();
-        }
-        let messages = async {
-            let pull = consumer().await?;
-            let stop = shutdown.child_token();
-            spawn_sampler(pull.clone(), identity.consumer.clone(), stop.clone());
-            sampler = Some(stop);
-            let stream = pull
-                .stream()
-                .max_messages_per_batch(max_in_flight)
-                .heartbeat(Duration::from_secs(5))
-                .messages()
-                .await?;
-            anyhow::Ok(stream)
-        }
-        .await;
-        let mut messages = match messages {
-            Ok(m) => m,
+    'lookup: while !parts.shutdown.is_cancelled() {
+        let pull = match consumer().await {
+            Ok(pull) => pull,
             Err(error) => {
-                tracing::warn!(%error, consumer = %identity.consumer, "work consumer unavailable; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break 'reconnect,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue 'reconnect,
+                health.failed(&format!("work consumer unavailable: {error:#}"), None);
+                if !parts.retry(&health).await {
+                    break;
                 }
+                continue;
             }
         };
+        let stop = parts.shutdown.child_token();
+        spawn_sampler(pull.clone(), parts.identity.consumer.clone(), stop.clone());
+        if let Some(previous) = sampler.replace(stop) {
+            previous.cancel();
+        }
         loop {
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break 'reconnect,
-                permit = slots.clone().acquire_owned() => permit?,
-            };
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => break 'reconnect,
-                next = messages.next() => next,
-            };
-            match next {
-                Some(Ok(message)) => {
-                    let (bus, identity, step) = (bus.clone(), identity.clone(), step.clone());
-                    tokio::spawn(async move {
-                        handle_one::<T, _, _>(bus, identity, message, step).await;
-                        drop(permit);
-                    });
-                }
-                Some(Err(error)) => {
-                    tracing::warn!(%error, consumer = %identity.consumer, "pull error");
-                    if matches!(
-                        error.kind(),
-                        async_nats::jetstream::consumer::pull::MessagesErrorKind::ConsumerDeleted
-                    ) {
-                        continue 'reconnect;
+            match serve_stream::<T, _, _>(&parts, &pull, &mut health).await {
+                StreamEnd::Shutdown => break 'lookup,
+                StreamEnd::Failed(recovery) => {
+                    if !parts.retry(&health).await {
+                        break 'lookup;
+                    }
+                    if recovery == Recovery::Lookup {
+                        continue 'lookup;
                     }
                 }
-                None => continue 'reconnect,
             }
         }
     }
     // Let in-flight steps finish so their messages are settled, not redelivered.
     let _ = tokio::time::timeout(
         Duration::from_secs(30),
-        slots.acquire_many(max_in_flight as u32),
+        parts.slots.acquire_many(max_in_flight as u32),
     )
     .await;
     Ok(())
+}
+
+/// Opens one pull stream and hands its messages to the step until the stream
+/// fails or shutdown is asked for.
+async fn serve_stream<T, F, Fut>(
+    parts: &LoopParts<F>,
+    pull: &PullConsumer,
+    health: &mut PullHealth,
+) -> StreamEnd
+where
+    T: Contract + Send + 'static,
+    F: Fn(T, Delivery) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = StepOutcome> + Send + 'static,
+{
+    let mut messages = match pull::open(pull, Some(parts.batch)).await {
+        Ok(messages) => messages,
+        Err(error) => return StreamEnd::Failed(health.failed(&format!("{error:#}"), None)),
+    };
+    health.opened();
+    loop {
+        let permit = tokio::select! {
+            _ = parts.shutdown.cancelled() => return StreamEnd::Shutdown,
+            permit = parts.slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return StreamEnd::Shutdown,
+            },
+        };
+        let next = tokio::select! {
+            biased;
+            _ = parts.shutdown.cancelled() => return StreamEnd::Shutdown,
+            next = messages.next() => next,
+            // Idle but no missed heartbeat: the pull is being served again.
+            _ = pull::sleep_until(health.proven_at()) => {
+                health.healthy();
+                continue;
+            }
+        };
+        match next {
+            Some(Ok(message)) => {
+                health.healthy();
+                let (bus, identity, step) = (
+                    parts.bus.clone(),
+                    parts.identity.clone(),
+                    parts.step.clone(),
+                );
+                tokio::spawn(async move {
+                    handle_one::<T, _, _>(bus, identity, message, step).await;
+                    drop(permit);
+                });
+            }
+            Some(Err(error)) => {
+                return StreamEnd::Failed(health.failed(&error, Some(error.kind())));
+            }
+            None => return StreamEnd::Failed(health.failed(&"the pull stream ended", None)),
+        }
+    }
 }

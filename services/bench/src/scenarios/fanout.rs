@@ -85,7 +85,8 @@ async fn shared_subscribers(
     let seen: Seen = Arc::default();
     let mut tasks = Vec::new();
     for index in 0..replicas {
-        let client = async_nats::connect(env.common.nats_url.as_str()).await?;
+        let servers = herald_core::config::parse_nats_servers(&env.common.nats_url)?;
+        let client = async_nats::connect(servers).await?;
         let js = jetstream::new(client);
         let consumer: consumer::PullConsumer = js
             .get_stream(&bus.streams.control)
