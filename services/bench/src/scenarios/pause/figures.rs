@@ -238,12 +238,11 @@ async fn response_figures(
             .beside(idle.map_or(0.0, |p| p.over_50ms), "idle (1 msg/s)"),
         );
     }
-    let mut sorted = times.loaded.clone();
-    sorted.sort_by(f64::total_cmp);
-    eprintln!("   loaded pause answers, ms, sorted: {sorted:.1?}");
-    let mut sorted = times.idle.clone();
-    sorted.sort_by(f64::total_cmp);
-    eprintln!("   idle pause answers, ms, sorted: {sorted:.1?}");
+    for (label, answers) in [("loaded", &times.loaded), ("idle", &times.idle)] {
+        let mut sorted = answers.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        eprintln!("   {label} pause answers, ms, sorted: {sorted:.1?}");
+    }
     report.note(format!(
         "Pause answer under load: api, {} packers and {} senders as `herald` processes ({}), \
          a campaign of {} recipients sending; {iterations} pauses, each after a random sleep of \
