@@ -365,13 +365,13 @@ impl Packer {
 
     /// Runs the replica until shutdown: control listener, sweep and work loop.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        // Never take another installation's work (herald_core::installation).
-        let installation =
-            herald_core::installation::id_with_retry(&self.inner.pool, &shutdown).await?;
-        self.inner
-            .bus
-            .wait_for_streams(installation, &shutdown)
-            .await?;
+        // Never take another installation's work.
+        herald_core::installation::wait_for_own_streams(
+            &self.inner.pool,
+            &self.inner.bus,
+            &shutdown,
+        )
+        .await?;
         let control = {
             let packer = self.clone();
             spawn_control_listener(

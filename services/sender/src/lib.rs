@@ -186,13 +186,13 @@ impl Sender {
 
     /// Runs the replica until shutdown: the control listener and the work loop.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        // Never take another installation's work (herald_core::installation).
-        let installation =
-            herald_core::installation::id_with_retry(&self.inner.pool, &shutdown).await?;
-        self.inner
-            .bus
-            .wait_for_streams(installation, &shutdown)
-            .await?;
+        // Never take another installation's work.
+        herald_core::installation::wait_for_own_streams(
+            &self.inner.pool,
+            &self.inner.bus,
+            &shutdown,
+        )
+        .await?;
         let control = {
             let sender = self.clone();
             spawn_control_listener(
