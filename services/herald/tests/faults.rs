@@ -536,10 +536,16 @@ async fn a_postgres_restart_mid_campaign_answers_503_claims_nothing_meanwhile_an
  {
     let provider = ProviderDouble::start(Duration::from_millis(10)).await;
     let nats = NatsServer::start().await;
+    // Leases outlive the outage (about 4 s, longer on a busy machine). A lease
+    // that expires while Postgres is down can pass to another replica the moment
+    // it is back, before its holder writes the outcomes of requests that had
+    // already gone out; those are then sent again under the same Idempotency-Key
+    // (docs/RELIABILITY.md). That is the lease's contract, not this test's subject.
     let mut stack = ProcessStack::start(herald(), &nats.url(), 1, 2, |_, env| {
         env.set("HERALD_BATCH_SIZE", "100")
             .set("HERALD_SENDER_CONCURRENCY", "4")
             .set("HERALD_STATUS_TTL_MS", "1000")
+            .set("HERALD_LEASE_SECONDS", "20")
     })
     .await;
     let total = 3_000;
