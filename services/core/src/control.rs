@@ -97,8 +97,17 @@ async fn control_consumer(
                 filter_subject: bus.subjects.control_all(),
                 deliver_policy,
                 ack_policy: consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(10),
-                max_deliver: 5,
+                // Short: a pull stream dropped after an error (a missed heartbeat,
+                // which a busy process can also cause) takes the messages already
+                // delivered to it along, and the server sends them again only
+                // after `ack_wait`. A control message held that long would leave
+                // this replica on a stale status until its cache's TTL; one
+                // second bounds that. Handling is idempotent (it invalidates
+                // caches), so an early redelivery costs nothing; the handler acks
+                // at once, and 20 deliveries leave room for a replica that is
+                // slow to ack under load.
+                ack_wait: Duration::from_secs(1),
+                max_deliver: 20,
                 inactive_threshold: config.inactive_threshold,
                 ..Default::default()
             },
