@@ -7,11 +7,16 @@ stream layout documented in docs/OPERATIONS.md. Prints one JSON line per message
 
     python3 scripts/replay_events.py --campaign <id> [--server nats://127.0.0.1:4222]
         [--subject-prefix ""] [--stream-prefix HERALD]
+
+Needs nats-py (`pip install nats-py`, e.g. in a venv). The prefixes are those of
+HERALD_SUBJECT_PREFIX and HERALD_STREAM_PREFIX, and those variables (and NATS_URL,
+a comma-separated list as for the services) are the defaults.
 """
 
 import argparse
 import asyncio
 import json
+import os
 
 import nats
 from nats.js.api import ConsumerConfig, DeliverPolicy, AckPolicy
@@ -49,13 +54,18 @@ async def replay(js, stream, subject):
 async def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--campaign", required=True)
-    parser.add_argument("--server", default="nats://127.0.0.1:4222")
-    parser.add_argument("--subject-prefix", default="")
-    parser.add_argument("--stream-prefix", default="HERALD")
+    # The defaults are Herald's own settings, so the services' environment works as is.
+    parser.add_argument("--server", default=os.environ.get("NATS_URL", "nats://127.0.0.1:4222"))
+    parser.add_argument("--subject-prefix", default=os.environ.get("HERALD_SUBJECT_PREFIX", ""))
+    parser.add_argument("--stream-prefix", default=os.environ.get("HERALD_STREAM_PREFIX", "HERALD"))
     args = parser.parse_args()
-    nc = await nats.connect(args.server)
+    servers = [u.strip() if "://" in u else "nats://" + u.strip() for u in args.server.split(",") if u.strip()]
+    nc = await nats.connect(servers=servers)
     js = nc.jetstream()
     p, s = args.subject_prefix, args.stream_prefix
+    # Like HERALD_SUBJECT_PREFIX: `staging` and `staging.` are the same prefix.
+    if p and not p.endswith("."):
+        p += "."
     rows = await replay(js, f"{s}_EVENTS", f"{p}campaigns.events.{args.campaign}")
     rows += await replay(js, f"{s}_CONTROL", f"{p}campaigns.control.{args.campaign}")
     for row in rows:

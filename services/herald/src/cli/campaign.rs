@@ -104,7 +104,7 @@ pub struct CreateArgs {
     /// Start automatically at this time (RFC 3339 or a delay such as `15m`).
     #[arg(long, value_parser = parse_start_time)]
     pub scheduled_at: Option<DateTime<Utc>>,
-    /// Most messages per second per sender replica.
+    /// Most messages per second for this campaign, across all sender replicas.
     #[arg(long)]
     pub rate_limit: Option<i32>,
 }
