@@ -189,11 +189,15 @@ pub async fn delete_channel(
         .ok_or_else(channel_not_found)?;
     let active = channels::count_active_campaigns(&mut tx, id).await?;
     if active > 0 {
-        let campaigns = if active == 1 { "campaign" } else { "campaigns" };
+        let campaigns = if active == 1 {
+            "campaign uses"
+        } else {
+            "campaigns use"
+        };
         return Err(ApiError::conflict(
             "channel_in_use",
             format!(
-                "{active} sending or paused {campaigns} use this channel; \
+                "{active} sending or paused {campaigns} this channel; \
                  stop them or let them complete before deleting it"
             ),
         ));

@@ -215,13 +215,8 @@ impl Display {
                     .is_none_or(|at| at.elapsed() >= Duration::from_secs(1));
                 if due || status_changed || progress.status.is_terminal() {
                     self.last_line = Some(now);
-                    println!(
-                        "{} {}/{}  {}",
-                        progress.status,
-                        grouped(done(progress)),
-                        grouped(progress.counters.total),
-                        self.summary(progress)
-                    );
+                    // The details carry the done/total count.
+                    println!("{} {}", progress.status, self.summary(progress));
                 }
             }
         }
