@@ -105,6 +105,19 @@ pub fn is_conflict(error: &anyhow::Error) -> bool {
     error.downcast_ref::<InstallationConflict>().is_some()
 }
 
+/// A worker's start: waits for this database's installation id, then for the
+/// api to have provisioned streams stamped with it. Fails with
+/// [`InstallationConflict`] when the streams belong to another installation, so
+/// a worker never takes another installation's work.
+pub async fn wait_for_own_streams(
+    pool: &PgPool,
+    bus: &crate::bus::Bus,
+    shutdown: &crate::CancellationToken,
+) -> anyhow::Result<()> {
+    let installation = id_with_retry(pool, shutdown).await?;
+    bus.wait_for_streams(installation, shutdown).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,18 +130,4 @@ mod tests {
         assert_eq!(owner(Some("Herald installation not-a-uuid")), None);
         assert_eq!(owner(None), None);
     }
-}
-
-/// A worker's start: waits for this database's installation id, then for the
-/// api to have provisioned streams stamped with it. Fails with
-/// [`InstallationConflict`] when the streams
-/// belong to another installation, so a worker never takes another
-/// installation's work.
-pub async fn wait_for_own_streams(
-    pool: &PgPool,
-    bus: &crate::bus::Bus,
-    shutdown: &crate::CancellationToken,
-) -> anyhow::Result<()> {
-    let installation = id_with_retry(pool, shutdown).await?;
-    bus.wait_for_streams(installation, shutdown).await
 }
