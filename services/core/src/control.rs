@@ -196,6 +196,10 @@ pub async fn run_control_listener<F>(
     }
 }
 
+/// How long a failed pull stream is read for messages it still holds before it
+/// is dropped (see `Listener::drain`).
+const DRAIN_GAP: Duration = Duration::from_millis(50);
+
 /// One replica's control listener between pull streams.
 struct Listener<F> {
     bus: Bus,
@@ -242,12 +246,24 @@ impl<F: Fn(ControlSignal) + Send + Sync> Listener<F> {
                     self.handle(message).await;
                 }
                 Some(Err(error)) => {
+                    self.drain(&mut messages).await;
                     return StreamEnd::Failed(self.health.failed(&error, Some(error.kind())));
                 }
                 None => {
                     return StreamEnd::Failed(self.health.failed(&"the pull stream ended", None));
                 }
             }
+        }
+    }
+
+    /// Before a failed stream is dropped, handles what it still holds. A missed
+    /// heartbeat can be a false alarm (a busy process that did not read its
+    /// socket in time) while the pull was served all along: its messages are then
+    /// already here, and dropping them would hold a pause back until `ack_wait`
+    /// redelivers it. Stops at the first gap of [`DRAIN_GAP`], error or end.
+    async fn drain(&mut self, messages: &mut async_nats::jetstream::consumer::pull::Stream) {
+        while let Ok(Some(Ok(message))) = tokio::time::timeout(DRAIN_GAP, messages.next()).await {
+            self.handle(message).await;
         }
     }
 
