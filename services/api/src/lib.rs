@@ -1,10 +1,11 @@
-//! Herald's HTTP API (axum): channels, campaigns, recipients and lifecycle
-//! transitions.
+//! Herald's HTTP API (axum): channels, campaigns, recipients, lifecycle
+//! transitions and suppression lists.
 //!
 //! Every transition is committed to Postgres through `herald_core::transitions`
 //! and then published through the outbox; this process also runs the outbox relay
 //! and the scheduler.
 
+pub mod csv_upload;
 pub mod error;
 pub mod extract;
 pub mod lifecycle_views;
@@ -13,6 +14,7 @@ pub mod openapi;
 pub mod routes;
 pub mod scheduler;
 pub mod state;
+pub mod suppression_views;
 pub mod views;
 
 use std::net::SocketAddr;
@@ -21,7 +23,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use herald_core::CancellationToken;
 use herald_core::bus::Bus;
 use herald_core::config::CommonConfig;
@@ -73,6 +75,7 @@ impl Default for ApiConfig {
 
 /// The router, without the background tasks.
 pub fn router(state: AppState) -> Router {
+    use routes::suppressions as s;
     use routes::{campaigns as c, channels as ch, health as h, lifecycle as l, recipients as r};
     let import_limit = state.limits.import_body_bytes;
     let json_limit = state.limits.json_body_bytes;
@@ -80,6 +83,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/campaigns/{id}/recipients",
             post(r::import_recipients).get(r::list_recipients),
+        )
+        .route(
+            "/v1/suppressions",
+            post(s::add_suppressions).get(s::list_suppressions),
         )
         .layer(DefaultBodyLimit::max(import_limit));
     Router::new()
@@ -97,6 +104,7 @@ pub fn router(state: AppState) -> Router {
                 .patch(ch::update_channel)
                 .delete(ch::delete_channel),
         )
+        .route("/v1/suppressions/{address}", delete(s::delete_suppression))
         .route("/v1/campaigns/bulk/{action}", post(l::bulk_transition))
         .route(
             "/v1/campaigns/{id}",

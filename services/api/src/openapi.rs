@@ -6,7 +6,8 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::routes::{campaigns, channels, health, lifecycle, progress, recipients};
+use crate::routes::{campaigns, channels, health, lifecycle, progress, recipients, suppressions};
+use crate::suppression_views::*;
 use crate::views::*;
 
 struct BearerAuth;
@@ -114,6 +115,9 @@ impl Modify for Conventions {
         progress::campaign_progress,
         recipients::import_recipients,
         recipients::list_recipients,
+        suppressions::add_suppressions,
+        suppressions::list_suppressions,
+        suppressions::delete_suppression,
         health::healthz,
         health::readyz,
     ),
@@ -121,7 +125,8 @@ impl Modify for Conventions {
         TemplateSpec, ScheduleBody, BulkRequest, BulkResponse, BulkResult, EventView, EventList,
         RecipientImport, RecipientInput, TransitionAction, BulkAction, ImportResult, RejectedRow, RecipientView, RecipientPage,
         progress::Progress, ChannelView, ChannelPage, CreateChannel, UpdateChannel, RateLimit, WaitingView,
-        herald_core::send_window::SendWindow, herald_core::send_window::Day)),
+        herald_core::send_window::SendWindow, herald_core::send_window::Day,
+        SuppressionImport, SuppressionInput, SuppressionResult, SuppressionView, SuppressionPage)),
     modifiers(&BearerAuth, &Conventions)
 )]
 #[derive(Debug)]
@@ -168,7 +173,7 @@ mod tests {
     fn every_response_of_every_operation_has_a_description() {
         let doc = document();
         let ops = operations(&doc);
-        assert!(ops.len() >= 19, "{} operations", ops.len());
+        assert!(ops.len() >= 22, "{} operations", ops.len());
         for (label, op) in ops {
             for (status, response) in op["responses"].as_object().expect("responses") {
                 let description = response["description"].as_str().unwrap_or_default();
@@ -247,6 +252,30 @@ mod tests {
         assert_eq!(content["text/csv"]["schema"]["type"], "string");
     }
 
+    #[test]
+    fn the_suppression_list_documents_json_and_csv_bodies_and_its_address_path() {
+        let doc = document();
+        let post = &doc["paths"]["/v1/suppressions"]["post"];
+        let content = &post["requestBody"]["content"];
+        assert_eq!(
+            content["application/json"]["schema"]["$ref"],
+            "#/components/schemas/SuppressionImport"
+        );
+        assert_eq!(content["text/csv"]["schema"]["type"], "string");
+        for status in ["200", "400", "413", "415", "422", "401", "503"] {
+            assert!(post["responses"][status].is_object(), "POST {status}");
+        }
+        let delete = &doc["paths"]["/v1/suppressions/{address}"]["delete"];
+        assert_eq!(param(delete, "address")["in"], "path");
+        for status in ["204", "404", "422", "401", "503"] {
+            assert!(delete["responses"][status].is_object(), "DELETE {status}");
+        }
+        assert_eq!(
+            param(&doc["paths"]["/v1/suppressions"]["get"], "address")["in"],
+            "query"
+        );
+    }
+
     /// Every schema of a property called `name`, anywhere in `value`.
     fn properties<'a>(value: &'a Value, name: &str, out: &mut Vec<&'a Value>) {
         match value {
@@ -281,6 +310,7 @@ mod tests {
             "/v1/campaigns",
             "/v1/channels",
             "/v1/campaigns/{id}/recipients",
+            "/v1/suppressions",
         ] {
             let cursor = param(&doc["paths"][path]["get"], "cursor");
             let description = cursor["description"].as_str().unwrap_or_default();

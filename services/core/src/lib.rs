@@ -3,7 +3,8 @@
 //! The campaign lifecycle (`lifecycle`, `transitions`), the bus contracts
 //! (`contracts`), the JetStream layout (`bus`), the outbox relay (`outbox`), the
 //! recipient ledger (`ledger`), and the consumer loops that every worker runs
-//! (`work`, `control`, on the self-healing pulls of `pull`). Postgres is the source of truth; NATS only distributes.
+//! (`work`, `control`, on the self-healing pulls of `pull`). Tenants' suppression lists
+//! live in `suppressions`. Postgres is the source of truth; NATS only distributes.
 
 pub mod auth;
 pub mod bus;
@@ -21,6 +22,7 @@ pub mod outbox;
 pub mod pull;
 pub mod send_window;
 pub mod subjects;
+pub mod suppressions;
 pub mod telemetry;
 pub mod template;
 pub mod transitions;

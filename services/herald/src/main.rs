@@ -89,6 +89,8 @@ enum Command {
     Campaign(cli::campaign::CampaignArgs),
     /// Operate channels through the HTTP API: create, list, show, update, delete.
     Channel(cli::channel::ChannelArgs),
+    /// Manage the tenant's suppression list (opt-outs) through the HTTP API: add, list, delete.
+    Suppression(cli::suppression::SuppressionArgs),
     /// Read lifecycle events straight from JetStream.
     Events(cli::events::EventsArgs),
     /// List and replay dead letters.
@@ -211,6 +213,7 @@ async fn main() -> anyhow::Result<()> {
     let default_level = match cli.command {
         Command::Campaign(_)
         | Command::Channel(_)
+        | Command::Suppression(_)
         | Command::Events(_)
         | Command::Dlq(_)
         | Command::Tokens { .. } => "warn",
@@ -266,6 +269,7 @@ async fn main() -> anyhow::Result<()> {
         // The operator CLI exits with its own codes (1 API error, 2 usage).
         Command::Campaign(args) => std::process::exit(cli::campaign::run(args).await),
         Command::Channel(args) => std::process::exit(cli::channel::run(args).await),
+        Command::Suppression(args) => std::process::exit(cli::suppression::run(args).await),
         Command::Events(args) => std::process::exit(cli::events::run(args).await),
         Command::Dlq(args) => std::process::exit(cli::dlq::run(args).await),
     }

@@ -2017,6 +2017,9 @@ async fn the_openapi_document_lists_every_route_with_its_parameters_where_the_ap
         "GET /v1/campaigns/{id}/progress",
         "POST /v1/campaigns/{id}/recipients",
         "GET /v1/campaigns/{id}/recipients",
+        "POST /v1/suppressions",
+        "GET /v1/suppressions",
+        "DELETE /v1/suppressions/{address}",
         "GET /healthz",
         "GET /readyz",
     ]
@@ -2038,6 +2041,7 @@ async fn the_openapi_document_lists_every_route_with_its_parameters_where_the_ap
         ("POST /v1/campaigns/{id}/{action}", "ScheduleBody"),
         ("POST /v1/campaigns/bulk/{action}", "BulkRequest"),
         ("POST /v1/campaigns/{id}/recipients", "RecipientImport"),
+        ("POST /v1/suppressions", "SuppressionImport"),
     ]
     .into_iter()
     .map(|(label, schema)| (label.to_owned(), vec![schema.to_owned()]))
@@ -2110,6 +2114,20 @@ async fn the_openapi_document_lists_every_route_with_its_parameters_where_the_ap
             "{label}"
         );
     }
+    let suppressions = ops
+        .iter()
+        .find(|op| op.label() == "GET /v1/suppressions")
+        .expect("listed");
+    let query: BTreeMap<&str, bool> = suppressions
+        .params
+        .iter()
+        .filter(|p| p.location == "query")
+        .map(|p| (p.name.as_str(), p.required))
+        .collect();
+    assert_eq!(
+        query,
+        BTreeMap::from([("address", false), ("cursor", false), ("limit", false)])
+    );
     stack.stop().await;
 }
 

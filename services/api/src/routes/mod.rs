@@ -7,3 +7,5 @@ pub mod health;
 pub mod lifecycle;
 pub mod progress;
 pub mod recipients;
+pub mod suppression_import;
+pub mod suppressions;

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use uuid::Uuid;
 
+use crate::csv_upload::{BodyTooLarge, is_body_too_large, looks_like_utf16};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::AuthTenant;
 use crate::state::AppState;
@@ -170,34 +171,6 @@ async fn import_json(state: &AppState, batch: &mut ImportBatch, body: Body) -> A
             .await?;
     }
     Ok(())
-}
-
-/// Marker error for a body over the import limit.
-#[derive(Debug)]
-struct BodyTooLarge;
-impl std::fmt::Display for BodyTooLarge {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("body too large")
-    }
-}
-impl std::error::Error for BodyTooLarge {}
-
-fn is_body_too_large(error: &csv_async::Error) -> bool {
-    match error.kind() {
-        csv_async::ErrorKind::Io(io) => {
-            io.get_ref().is_some_and(|inner| inner.is::<BodyTooLarge>())
-        }
-        _ => false,
-    }
-}
-
-/// True if a CSV header line was written in UTF-16: it starts with a UTF-16 byte
-/// order mark, or has NUL bytes (every ASCII character of UTF-16 has one).
-fn looks_like_utf16(headers: &csv_async::ByteRecord) -> bool {
-    let first = headers.get(0).unwrap_or_default();
-    first.starts_with(&[0xFF, 0xFE])
-        || first.starts_with(&[0xFE, 0xFF])
-        || headers.iter().any(|field| field.contains(&0))
 }
 
 /// The 413 of a streamed import. A body without Content-Length is found too large

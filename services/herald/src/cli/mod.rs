@@ -1,5 +1,5 @@
-//! The operator CLI: `herald campaign ...` and `herald channel ...` talk to the HTTP API, `herald events
-//! tail` and `herald dlq ...` read JetStream directly.
+//! The operator CLI: `herald campaign ...`, `herald channel ...` and `herald suppression ...` talk to
+//! the HTTP API, `herald events tail` and `herald dlq ...` read JetStream directly.
 //!
 //! Output is a table for people by default and the API's JSON with `--json`.
 //! Exit codes: 0 on success, 1 when the API answers with an error or something
@@ -13,6 +13,7 @@ pub mod dlq;
 pub mod events;
 pub mod progress_line;
 pub mod sse;
+pub mod suppression;
 pub mod watch;
 
 use std::io::Write as _;
