@@ -31,6 +31,10 @@ pub struct ErrorDetail {
     /// For `version_mismatch`: the current version.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub current_version: Option<i64>,
+    /// For a CSV import without an address column: the header names found
+    /// (the first 50, each cut to 64 characters).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headers: Option<Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -49,6 +53,7 @@ impl ApiError {
                 from: None,
                 to: None,
                 current_version: None,
+                headers: None,
             },
         }
     }

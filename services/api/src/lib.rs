@@ -8,6 +8,7 @@
 pub mod csv_upload;
 pub mod error;
 pub mod extract;
+pub mod import;
 pub mod lifecycle_views;
 pub mod observe;
 pub mod openapi;
@@ -15,6 +16,7 @@ pub mod routes;
 pub mod scheduler;
 pub mod state;
 pub mod suppression_views;
+pub mod timestamps;
 pub mod views;
 
 use std::net::SocketAddr;
@@ -112,7 +114,10 @@ pub fn router(state: AppState) -> Router {
                 .patch(c::update_campaign)
                 .delete(c::delete_campaign),
         )
-        .route("/v1/campaigns/{id}/duplicate", post(c::duplicate_campaign))
+        .route(
+            "/v1/campaigns/{id}/duplicate",
+            post(routes::duplicate::duplicate_campaign),
+        )
         .route("/v1/campaigns/{id}/events", get(l::campaign_events))
         .route(
             "/v1/campaigns/{id}/progress",

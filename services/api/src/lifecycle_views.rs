@@ -33,6 +33,8 @@ pub enum BulkAction {
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleBody {
+    /// RFC 3339 with an offset (`Z` for UTC).
+    #[serde(default, deserialize_with = "crate::timestamps::scheduled_at")]
     pub scheduled_at: Option<DateTime<Utc>>,
 }
 

@@ -6,7 +6,9 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
-use crate::routes::{campaigns, channels, health, lifecycle, progress, recipients, suppressions};
+use crate::routes::{
+    campaigns, channels, duplicate, health, lifecycle, progress, recipients, suppressions,
+};
 use crate::suppression_views::*;
 use crate::views::*;
 
@@ -108,7 +110,7 @@ impl Modify for Conventions {
         campaigns::get_campaign,
         campaigns::update_campaign,
         campaigns::delete_campaign,
-        campaigns::duplicate_campaign,
+        duplicate::duplicate_campaign,
         lifecycle::transition_campaign,
         lifecycle::bulk_transition,
         lifecycle::campaign_events,
@@ -123,9 +125,10 @@ impl Modify for Conventions {
     ),
     components(schemas(ErrorBody, ErrorDetail, CampaignView, CampaignPage, CreateCampaign, UpdateCampaign,
         TemplateSpec, ScheduleBody, BulkRequest, BulkResponse, BulkResult, EventView, EventList,
-        RecipientImport, RecipientInput, TransitionAction, BulkAction, ImportResult, RejectedRow, RecipientView, RecipientPage,
+        RecipientImport, RecipientInput, TransitionAction, BulkAction, ImportResult, RejectedRow, RejectReason, RecipientView, RecipientPage,
         progress::Progress, ChannelView, ChannelPage, CreateChannel, UpdateChannel, RateLimit, WaitingView,
         herald_core::send_window::SendWindow, herald_core::send_window::Day,
+        herald_core::address::AddressKind, herald_core::channel::ChannelConfig,
         SuppressionImport, SuppressionInput, SuppressionResult, SuppressionView, SuppressionPage)),
     modifiers(&BearerAuth, &Conventions)
 )]
@@ -295,12 +298,31 @@ mod tests {
         let doc = document();
         for field in ["url", "base_url"] {
             let mut found = Vec::new();
-            properties(schema(&doc, "Channel"), field, &mut found);
-            assert!(!found.is_empty(), "Channel has no {field}");
+            properties(schema(&doc, "ChannelConfig"), field, &mut found);
+            assert!(!found.is_empty(), "ChannelConfig has no {field}");
             for property in found {
                 assert_eq!(property["format"], "uri", "{field}: {property}");
             }
         }
+    }
+
+    #[test]
+    fn every_channel_provider_documents_the_addressing_keys() {
+        let doc = document();
+        let providers = schema(&doc, "ChannelConfig")["oneOf"]
+            .as_array()
+            .expect("a oneOf of providers");
+        assert_eq!(providers.len(), 3);
+        for provider in providers {
+            let properties = &provider["properties"];
+            assert!(properties["address_kind"].is_object(), "{provider}");
+            assert_eq!(
+                properties["default_region"]["pattern"], "^[A-Za-z]{2}$",
+                "{provider}"
+            );
+        }
+        let kinds = &schema(&doc, "AddressKind")["enum"];
+        assert_eq!(kinds, &serde_json::json!(["phone", "email", "opaque"]));
     }
 
     #[test]

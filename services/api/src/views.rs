@@ -1,11 +1,13 @@
 //! Response and request bodies of the HTTP API (also the OpenAPI schemas).
 
 use chrono::{DateTime, Utc};
+use herald_core::address::AddressKind;
 use herald_core::campaigns::{Campaign, Counters};
-use herald_core::channel::Channel;
+use herald_core::channel::ChannelConfig;
 use herald_core::channels::ChannelRow;
 use herald_core::lifecycle::Status;
 use herald_core::send_window::SendWindow;
+use herald_core::template::MessageTemplate;
 use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
@@ -14,9 +16,23 @@ pub use crate::lifecycle_views::*;
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TemplateSpec {
-    /// Message body; minijinja syntax, e.g. `Hi {{ name }}`.
+    /// Message body; minijinja syntax, e.g. `Hi {{ name }}`. A missing variable
+    /// renders empty, as does an attribute of a missing object;
+    /// `{{ profile.first | default("there") }}` gives a fallback.
     #[schema(min_length = 1)]
     pub body: String,
+    /// When true, an import rejects (reason `template_error`) every row that
+    /// lacks a top-level variable the body uses, instead of sending it with
+    /// blanks. Default false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
+}
+
+impl TemplateSpec {
+    /// A stored template (`campaigns.template`); None when it is unreadable.
+    pub fn from_stored(template: &serde_json::Value) -> Option<Self> {
+        serde_json::from_value(template.clone()).ok()
+    }
 }
 
 /// A new campaign: exactly one of `channel_id` (a shared channel) and `channel`
@@ -31,12 +47,13 @@ pub struct CreateCampaign {
     pub channel_id: Option<Uuid>,
     /// An inline channel config, used by this campaign alone.
     #[serde(default)]
-    pub channel: Option<Channel>,
+    pub channel: Option<ChannelConfig>,
     pub template: TemplateSpec,
     /// When this campaign may send, on top of its channel's window.
     #[serde(default)]
     pub send_window: Option<SendWindow>,
-    #[serde(default)]
+    /// RFC 3339 with an offset (`Z` for UTC).
+    #[serde(default, deserialize_with = "crate::timestamps::scheduled_at")]
     pub scheduled_at: Option<DateTime<Utc>>,
     #[serde(default)]
     #[schema(minimum = 1, maximum = 100000)]
@@ -52,12 +69,14 @@ pub struct UpdateCampaign {
     /// Move the draft to this channel of the tenant (not with `channel`).
     pub channel_id: Option<Uuid>,
     /// A new inline config: the draft gets a new private channel.
-    pub channel: Option<Channel>,
+    pub channel: Option<ChannelConfig>,
     pub template: Option<TemplateSpec>,
     /// The campaign's own send window; `null` removes it.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<SendWindow>)]
     pub send_window: Option<Option<SendWindow>>,
+    /// RFC 3339 with an offset (`Z` for UTC).
+    #[serde(default, deserialize_with = "crate::timestamps::scheduled_at")]
     pub scheduled_at: Option<DateTime<Utc>>,
     #[schema(minimum = 1, maximum = 100000)]
     pub rate_limit_per_second: Option<i32>,
@@ -78,6 +97,9 @@ pub struct CampaignView {
     pub channel: serde_json::Value,
     #[schema(value_type = Object)]
     pub template: serde_json::Value,
+    /// The top-level variables the template uses, sorted (`{{ profile.first }}`
+    /// uses `profile`): what each imported row should carry.
+    pub template_variables: Vec<String>,
     pub scheduled_at: Option<DateTime<Utc>>,
     /// An extra cap for this campaign alone, in messages per second.
     pub rate_limit_per_second: Option<i32>,
@@ -96,9 +118,11 @@ pub struct CampaignView {
 impl From<Campaign> for CampaignView {
     fn from(c: Campaign) -> Self {
         let waiting = WaitingView::of(&c);
-        let channel = serde_json::from_value::<Channel>(c.channel.clone())
-            .map(|ch| ch.redacted())
-            .unwrap_or(serde_json::Value::Null);
+        let channel = ChannelConfig::redact_stored(c.channel.clone());
+        let template_variables = TemplateSpec::from_stored(&c.template)
+            .and_then(|t| MessageTemplate::compile(&t.body).ok())
+            .map(|t| t.variables())
+            .unwrap_or_default();
         Self {
             id: c.id,
             name: c.name,
@@ -108,6 +132,7 @@ impl From<Campaign> for CampaignView {
             channel_id: c.channel_id,
             channel,
             template: c.template,
+            template_variables,
             scheduled_at: c.scheduled_at,
             rate_limit_per_second: c.rate_limit_per_second,
             send_window: c.send_window.and_then(|w| serde_json::from_value(w).ok()),
@@ -177,7 +202,7 @@ pub struct CreateChannel {
     #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
     /// The provider config, as a campaign's inline `channel` takes it.
-    pub config: Channel,
+    pub config: ChannelConfig,
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
     #[serde(default)]
@@ -191,7 +216,7 @@ pub struct CreateChannel {
 pub struct UpdateChannel {
     #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: Option<String>,
-    pub config: Option<Channel>,
+    pub config: Option<ChannelConfig>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<RateLimit>)]
     pub rate_limit: Option<Option<RateLimit>>,
@@ -220,9 +245,7 @@ pub struct ChannelView {
 
 impl From<ChannelRow> for ChannelView {
     fn from(row: ChannelRow) -> Self {
-        let config = serde_json::from_value::<Channel>(row.config)
-            .map(|ch| ch.redacted())
-            .unwrap_or(serde_json::Value::Null);
+        let config = ChannelConfig::redact_stored(row.config);
         let rate_limit = (row.per_second.is_some() || row.per_day.is_some()).then_some(RateLimit {
             per_second: row.per_second,
             per_day: row.per_day,
@@ -310,11 +333,29 @@ pub struct RecipientImport {
     pub recipients: Vec<RecipientInput>,
 }
 
+/// Why an import rejected a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectReason {
+    /// Empty, too long, control characters, or not of the channel's pinned
+    /// `address_kind`.
+    InvalidAddress,
+    /// `variables` is not a JSON object, or holds a NUL character.
+    InvalidVariables,
+    /// A CSV row that cannot be read: wrong number of fields, not UTF-8.
+    MalformedRow,
+    /// The campaign's template is strict and the row lacks a variable it uses.
+    TemplateError,
+}
+
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RejectedRow {
     /// 1-based data row (CSV: not counting the header line).
     pub row: u64,
-    pub reason: String,
+    /// Machine-readable: why the row was rejected.
+    pub reason: RejectReason,
+    /// Human-readable: what is wrong with the row.
+    pub message: String,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
@@ -329,7 +370,13 @@ pub struct ImportResult {
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecipientView {
     pub id: i64,
+    /// The normalised address: what is sent to and deduped on.
     pub address: String,
+    /// The address as imported, when it differs from `address`; else null.
+    pub address_input: Option<String>,
+    /// What the address was read as; null for rows imported before Herald
+    /// normalised addresses.
+    pub address_kind: Option<AddressKind>,
     #[schema(value_type = Object)]
     pub variables: serde_json::Value,
     pub status: String,

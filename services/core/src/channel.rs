@@ -1,10 +1,22 @@
-//! Channel configuration: which provider a campaign sends through, and how.
+//! Channel configuration: which provider a campaign sends through, and how its
+//! recipients' addresses are read.
+//!
+//! A stored channel config is one flat JSON object: the provider's keys
+//! ([`Channel`]) plus the optional addressing keys `address_kind` and
+//! `default_region` ([`Addressing`]). [`ChannelConfig`] is the whole object, as
+//! the API takes and shows it; [`Channel`] reads only the provider's part (it
+//! skips the addressing keys), which is all a sender needs.
 
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use utoipa::openapi::schema::Schema;
+use utoipa::openapi::RefOr;
 
-/// A campaign's channel. Secrets (`secret`, `api_key`) are write-only: the API
-/// never returns them (see [`Channel::redacted`]).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+use crate::address::{ADDRESSING_KEYS, Addressing};
+
+/// A campaign's channel provider. Secrets (`secret`, `api_key`) are write-only:
+/// the API never returns them (see [`Channel::redacted`]).
+#[derive(Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "provider", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Channel {
     /// POST JSON to `url`, signed with HMAC-SHA256 when `secret` is set.
@@ -25,6 +37,35 @@ pub enum Channel {
         instance: String,
         api_key: String,
     },
+}
+
+/// [`Channel`]'s strict reading: unknown keys are an error.
+#[derive(Deserialize)]
+#[serde(remote = "Channel", tag = "provider", rename_all = "snake_case", deny_unknown_fields)]
+enum ChannelDef {
+    Webhook {
+        url: String,
+        #[serde(default)]
+        secret: Option<String>,
+    },
+    Log,
+    Evolution {
+        base_url: String,
+        instance: String,
+        api_key: String,
+    },
+}
+
+/// Reads the provider's keys of a channel config, skipping the addressing keys
+/// (they belong to [`ChannelConfig`]); any other unknown key is an error.
+impl<'de> Deserialize<'de> for Channel {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        for key in ADDRESSING_KEYS {
+            map.remove(key);
+        }
+        ChannelDef::deserialize(serde_json::Value::Object(map)).map_err(D::Error::custom)
+    }
 }
 
 impl std::fmt::Debug for Channel {
@@ -91,6 +132,109 @@ impl Channel {
         value
     }
 }
+
+/// A whole channel config: the provider's keys and the addressing keys in one
+/// flat JSON object, e.g. `{"provider": "evolution", ..., "address_kind":
+/// "phone", "default_region": "BR"}`. What the API takes (inline `channel`,
+/// `POST /v1/channels` `config`) and stores.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ChannelConfig {
+    pub provider: Channel,
+    pub addressing: Addressing,
+}
+
+impl std::fmt::Debug for ChannelConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.redacted())
+    }
+}
+
+impl ChannelConfig {
+    /// [`Channel::validate`] and [`Addressing::validate`].
+    pub fn validate(&self) -> Result<(), String> {
+        self.provider.validate()?;
+        self.addressing.validate()
+    }
+
+    /// The config as stored: one flat object.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(&self.provider).unwrap_or_default();
+        let addressing = serde_json::to_value(&self.addressing).unwrap_or_default();
+        if let (Some(map), serde_json::Value::Object(extra)) = (value.as_object_mut(), addressing)
+        {
+            map.extend(extra);
+        }
+        value
+    }
+
+    /// The config as clients may see it: secrets replaced by `"***"`.
+    pub fn redacted(&self) -> serde_json::Value {
+        let mut value = self.provider.redacted();
+        let addressing = serde_json::to_value(&self.addressing).unwrap_or_default();
+        if let (Some(map), serde_json::Value::Object(extra)) = (value.as_object_mut(), addressing)
+        {
+            map.extend(extra);
+        }
+        value
+    }
+
+    /// A stored config, redacted for clients; Null when it is unreadable.
+    pub fn redact_stored(config: serde_json::Value) -> serde_json::Value {
+        serde_json::from_value::<ChannelConfig>(config)
+            .map(|c| c.redacted())
+            .unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl Serialize for ChannelConfig {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.to_json().serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for ChannelConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        let mut addressing = serde_json::Map::new();
+        for key in ADDRESSING_KEYS {
+            if let Some(value) = map.remove(key) {
+                addressing.insert(key.to_owned(), value);
+            }
+        }
+        let provider =
+            ChannelDef::deserialize(serde_json::Value::Object(map)).map_err(D::Error::custom)?;
+        let addressing = Addressing::deserialize(serde_json::Value::Object(addressing))
+            .map_err(D::Error::custom)?;
+        Ok(Self {
+            provider,
+            addressing,
+        })
+    }
+}
+
+/// The schema of [`Channel`] with the addressing keys added to every provider's
+/// object (the keys sit beside the provider's own, in one object).
+impl utoipa::PartialSchema for ChannelConfig {
+    fn schema() -> RefOr<Schema> {
+        let mut schema = <Channel as utoipa::PartialSchema>::schema();
+        let addressing = <Addressing as utoipa::PartialSchema>::schema();
+        let RefOr::T(Schema::Object(addressing)) = addressing else {
+            return schema;
+        };
+        if let RefOr::T(Schema::OneOf(one_of)) = &mut schema {
+            for item in &mut one_of.items {
+                if let RefOr::T(Schema::Object(object)) = item {
+                    for (name, property) in &addressing.properties {
+                        object.properties.insert(name.clone(), property.clone());
+                    }
+                }
+            }
+        }
+        schema
+    }
+}
+
+impl utoipa::ToSchema for ChannelConfig {}
 
 #[cfg(test)]
 mod tests {

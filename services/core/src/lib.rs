@@ -6,6 +6,7 @@
 //! (`work`, `control`, on the self-healing pulls of `pull`). Tenants' suppression lists
 //! live in `suppressions`. Postgres is the source of truth; NATS only distributes.
 
+pub mod address;
 pub mod auth;
 pub mod bus;
 pub mod campaigns;

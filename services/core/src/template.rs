@@ -1,5 +1,13 @@
 //! Message templates (minijinja, `{{ name }}` syntax), checked at create time and
 //! rendered per recipient from its variables.
+//!
+//! Rendering is forgiving: a missing variable renders empty, and so does an
+//! attribute of a missing object (`{{ profile.first }}` without `profile`), so
+//! `{{ profile.first | default("there") }}` works. [`MessageTemplate::variables`]
+//! lists the top-level names a template reads, which the API shows and which a
+//! strict template requires of every imported row.
+
+use std::collections::BTreeSet;
 
 use minijinja::{Environment, UndefinedBehavior};
 
@@ -10,8 +18,10 @@ pub struct TemplateError(pub String);
 fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     // A missing variable renders empty rather than failing the send: recipients
-    // often lack optional columns. Use `{{ name | default("there") }}` for fallbacks.
-    env.set_undefined_behavior(UndefinedBehavior::Lenient);
+    // often lack optional columns. Chainable (not Lenient) so that an attribute
+    // of a missing object is undefined too instead of an error, and
+    // `{{ profile.first | default("there") }}` has something to default.
+    env.set_undefined_behavior(UndefinedBehavior::Chainable);
     // Bounds the work a hostile template can make a sender do per message.
     env.set_fuel(Some(100_000));
     env
@@ -29,6 +39,23 @@ impl MessageTemplate {
         env.add_template_owned("body", body.to_owned())
             .map_err(|e| TemplateError(format!("template syntax error: {e}")))?;
         Ok(Self { env })
+    }
+
+    /// The top-level variables the template reads, sorted: `Hi {{ profile.first }}
+    /// {% for c in codes %}{{ c }}{% endfor %}` reads `codes` and `profile`.
+    /// Names the template assigns itself (`set`, loop variables) and the
+    /// environment's globals (`range`, `dict`, ...) are not listed.
+    pub fn variables(&self) -> Vec<String> {
+        let Ok(template) = self.env.get_template("body") else {
+            return Vec::new();
+        };
+        let globals: BTreeSet<&str> = self.env.globals().map(|(name, _)| name).collect();
+        let names: BTreeSet<String> = template
+            .undeclared_variables(false)
+            .into_iter()
+            .filter(|name| !globals.contains(name.as_str()))
+            .collect();
+        names.into_iter().collect()
     }
 
     pub fn render(&self, variables: &serde_json::Value) -> Result<String, TemplateError> {
@@ -55,6 +82,29 @@ mod tests {
             "Hi Ana, code X1"
         );
         assert_eq!(t.render(&json!({})).unwrap(), "Hi , code ");
+    }
+
+    #[test]
+    fn missing_objects_and_their_attributes_render_empty_and_default_works() {
+        let t = MessageTemplate::compile(r#"Hi {{ profile.first | default("there") }}"#).unwrap();
+        assert_eq!(t.render(&json!({})).unwrap(), "Hi there");
+        assert_eq!(
+            t.render(&json!({"profile": {"first": "Ana"}})).unwrap(),
+            "Hi Ana"
+        );
+        let t = MessageTemplate::compile("[{{ profile.first }}|{{ a.b.c }}]").unwrap();
+        assert_eq!(t.render(&json!({})).unwrap(), "[|]");
+    }
+
+    #[test]
+    fn variables_lists_the_top_level_names_a_template_reads() {
+        let t = MessageTemplate::compile(
+            "{% set greeting = 'Hi' %}{{ greeting }} {{ profile.first | default(name) }}\
+             {% for c in codes %}{{ c }}{{ loop.index }}{% endfor %}{% for i in range(2) %}{% endfor %}",
+        )
+        .unwrap();
+        assert_eq!(t.variables(), ["codes", "name", "profile"]);
+        assert!(MessageTemplate::compile("plain").unwrap().variables().is_empty());
     }
 
     #[test]

@@ -542,7 +542,7 @@ async fn json_imports_report_accepted_duplicate_and_rejected_rows_with_reasons()
         .map(|r| {
             (
                 r["row"].as_u64().unwrap(),
-                r["reason"].as_str().unwrap().to_owned(),
+                r["message"].as_str().unwrap().to_owned(),
             )
         })
         .collect();
@@ -649,7 +649,7 @@ async fn csv_imports_report_accepted_duplicate_and_rejected_rows_with_reasons() 
         .map(|r| {
             (
                 r["row"].as_u64().unwrap(),
-                r["reason"].as_str().unwrap().to_owned(),
+                r["message"].as_str().unwrap().to_owned(),
             )
         })
         .collect();

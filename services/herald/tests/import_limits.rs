@@ -528,15 +528,17 @@ async fn a_csv_in_utf16_is_refused_with_a_422_that_names_the_encoding_latin1_row
     assert_eq!(body["accepted"], 1, "{body}");
     assert_eq!(body["rejected"], 1, "{body}");
     assert_eq!(body["rejected_rows"][0]["row"], 2, "{body}");
+    assert_eq!(body["rejected_rows"][0]["reason"], "malformed_row", "{body}");
     assert_eq!(
-        body["rejected_rows"][0]["reason"], "row is not valid UTF-8",
+        body["rejected_rows"][0]["message"], "row is not valid UTF-8",
         "{body}"
     );
 
-    // Missing columns: no `address`, or only a header line without it.
+    // Missing columns: no address column (`address` or an alias such as `email`
+    // or `phone`), or only a header line without it.
     for csv in [
-        &b"email,name\nann@example.com,Ann\n"[..],
-        b"phone\n+15550003\n",
+        &b"e-mail,name\nann@example.com,Ann\n"[..],
+        b"mobile\n+15550003\n",
         b"name,city\n",
     ] {
         let (status, body) = import(csv.to_vec()).await;

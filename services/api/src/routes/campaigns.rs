@@ -1,13 +1,14 @@
-//! Campaign endpoints: create, list, read, edit, delete and duplicate. Each
-//! campaign sends through a channel (`channel_id`, or a private channel made from
-//! an inline `channel` object); lifecycle transitions live in `lifecycle`.
+//! Campaign endpoints: create, list, read, edit and delete (duplicating lives in
+//! `duplicate`). Each campaign sends through a channel (`channel_id`, or a
+//! private channel made from an inline `channel` object); lifecycle transitions
+//! live in `lifecycle`.
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::{DateTime, Datelike, Utc};
 use herald_core::campaigns::{CAMPAIGN_COLUMNS, Campaign, fetch_campaign};
-use herald_core::channel::Channel;
+use herald_core::channel::ChannelConfig;
 use herald_core::channels::{self, NewChannel};
 use herald_core::lifecycle::Status;
 use herald_core::template::MessageTemplate;
@@ -62,9 +63,9 @@ fn validate_rate(rate: Option<i32>) -> ApiResult<()> {
 /// 422 unless exactly one is given (`required`) or at most one (`!required`).
 fn channel_source(
     channel_id: Option<Uuid>,
-    channel: Option<&Channel>,
+    channel: Option<&ChannelConfig>,
     required: bool,
-) -> ApiResult<Option<Result<Uuid, &Channel>>> {
+) -> ApiResult<Option<Result<Uuid, &ChannelConfig>>> {
     match (channel_id, channel) {
         (Some(_), Some(_)) => Err(ApiError::validation(
             "give either channel_id or channel, not both",
@@ -87,7 +88,7 @@ async fn resolve_channel(
     tx: &mut Transaction<'_, Postgres>,
     tenant: Uuid,
     name: &str,
-    source: Result<Uuid, &Channel>,
+    source: Result<Uuid, &ChannelConfig>,
 ) -> ApiResult<Uuid> {
     match source {
         Ok(id) => {
@@ -100,8 +101,7 @@ async fn resolve_channel(
             Ok(id)
         }
         Err(inline) => {
-            let config = serde_json::to_value(inline).unwrap_or_default();
-            let new = NewChannel::private_for(name, config);
+            let new = NewChannel::private_for(name, inline.to_json());
             Ok(channels::insert_channel(&mut **tx, tenant, &new).await?.id)
         }
     }
@@ -132,7 +132,8 @@ async fn insert_campaign(
     Ok(id)
 }
 
-fn created_payload() -> serde_json::Value {
+/// The payload of a campaign's `created` event.
+pub(crate) fn created_payload() -> serde_json::Value {
     serde_json::json!({"from": null, "to": "draft", "version": 1, "runEpoch": 0})
 }
 
@@ -411,100 +412,4 @@ pub async fn delete_campaign(
     channels::retire_private_channel(&mut tx, current.channel_id).await?;
     tx.commit().await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-/// The copy's channel: a new private copy of the source's private channel (a
-/// budget of its own), or the same shared channel.
-async fn copy_channel(
-    tx: &mut Transaction<'_, Postgres>,
-    source: &Campaign,
-    copy_name: &str,
-) -> Result<Uuid, sqlx::Error> {
-    if channels::is_private(&mut **tx, source.channel_id).await? == Some(true) {
-        if let Some(copy) = channels::copy_private_channel(tx, source.channel_id, copy_name).await?
-        {
-            return Ok(copy);
-        }
-    }
-    Ok(source.channel_id)
-}
-
-async fn copy_campaign(
-    tx: &mut Transaction<'_, Postgres>,
-    source: Uuid,
-    tenant: Uuid,
-) -> Result<Option<Uuid>, sqlx::Error> {
-    let Some(original) = fetch_campaign(&mut **tx, source, Some(tenant)).await? else {
-        return Ok(None);
-    };
-    let name: String = format!("{} (copy)", original.name)
-        .chars()
-        .take(200)
-        .collect();
-    let channel_id = copy_channel(tx, &original, &name).await?;
-    let id = Uuid::new_v4();
-    sqlx::query(
-        "INSERT INTO campaigns (id, tenant_id, name, channel_id, template, status,
-                                rate_limit_per_second, send_window)
-         SELECT $1, tenant_id, $4, $5, template, 'draft', rate_limit_per_second, send_window
-         FROM campaigns WHERE id = $2 AND tenant_id = $3",
-    )
-    .bind(id)
-    .bind(source)
-    .bind(tenant)
-    .bind(&name)
-    .bind(channel_id)
-    .execute(&mut **tx)
-    .await?;
-    // The recipient list comes along, every row pending again.
-    let rows = sqlx::query(
-        "INSERT INTO recipients (campaign_id, address, variables)
-         SELECT $1, address, variables FROM recipients WHERE campaign_id = $2 ORDER BY id",
-    )
-    .bind(id)
-    .bind(source)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected() as i64;
-    sqlx::query("UPDATE campaigns SET total_count = $2, pending_count = $2 WHERE id = $1")
-        .bind(id)
-        .bind(rows)
-        .execute(&mut **tx)
-        .await?;
-    Ok(Some(id))
-}
-
-#[utoipa::path(post, path = "/v1/campaigns/{id}/duplicate", params(("id" = Uuid, Path), ("X-Correlation-Id" = Option<String>, Header, nullable = false, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "the caller's id for this request; recorded on its events and carried on the bus (400 when malformed)")),
-    responses((status = 201, description = "The copy, a new draft with the same recipients", body = CampaignView),
-              (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody)),
-    security(("bearer" = [])), tag = "campaigns")]
-pub async fn duplicate_campaign(
-    State(state): State<AppState>,
-    auth: AuthTenant,
-    correlation: RequestCorrelation,
-    id: Result<Path<Uuid>, axum::extract::rejection::PathRejection>,
-) -> ApiResult<impl IntoResponse> {
-    let Path(id) = id?;
-    let mut tx = state.pool.begin().await?;
-    let copy = copy_campaign(&mut tx, id, auth.0.id)
-        .await?
-        .ok_or_else(ApiError::not_found)?;
-    append_event(
-        &mut tx,
-        copy,
-        "created",
-        created_payload(),
-        &auth.actor(&correlation),
-    )
-    .await?;
-    tx.commit().await?;
-    state.lifecycle.outbox.publish_fast(copy).await;
-    let campaign = fetch_campaign(&state.pool, copy, Some(auth.0.id))
-        .await?
-        .ok_or_else(ApiError::not_found)?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(CampaignView::from(campaign)),
-    ))
 }

@@ -28,8 +28,8 @@ pub fn channel_not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "channel not found")
 }
 
-fn config_json(config: &herald_core::channel::Channel) -> serde_json::Value {
-    serde_json::to_value(config).unwrap_or_default()
+fn config_json(config: &herald_core::channel::ChannelConfig) -> serde_json::Value {
+    config.to_json()
 }
 
 #[utoipa::path(post, path = "/v1/channels", request_body = CreateChannel,

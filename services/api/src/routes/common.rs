@@ -3,7 +3,7 @@
 
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use herald_core::channel::Channel;
+use herald_core::channel::ChannelConfig;
 use herald_core::send_window::SendWindow;
 use uuid::Uuid;
 
@@ -21,10 +21,11 @@ pub fn validate_name(name: &str) -> ApiResult<()> {
     Ok(())
 }
 
-/// [`Channel::validate`], plus no NUL anywhere (Postgres `jsonb` cannot hold it).
-pub fn validate_channel(channel: &Channel) -> ApiResult<()> {
+/// [`ChannelConfig::validate`] (the provider's fields, `address_kind` and
+/// `default_region`), plus no NUL anywhere (Postgres `jsonb` cannot hold it).
+pub fn validate_channel(channel: &ChannelConfig) -> ApiResult<()> {
     channel.validate().map_err(ApiError::validation)?;
-    if contains_nul(&serde_json::to_value(channel).unwrap_or_default()) {
+    if contains_nul(&channel.to_json()) {
         return Err(ApiError::validation(
             "channel must not contain NUL characters",
         ));

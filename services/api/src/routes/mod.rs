@@ -3,6 +3,7 @@
 pub mod campaigns;
 pub mod channels;
 pub mod common;
+pub mod duplicate;
 pub mod health;
 pub mod lifecycle;
 pub mod progress;

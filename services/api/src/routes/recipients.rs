@@ -1,306 +1,39 @@
-//! Recipient import (JSON or streamed CSV) and the ledger listing.
-//!
-//! CSV imports are streamed: rows are parsed as bytes arrive and written in chunks
-//! of `IMPORT_CHUNK` rows, so a million-row file never sits in memory. Each chunk
-//! locks the campaign row and re-checks that it is still a draft or scheduled, so
-//! an import cannot add rows to a campaign that has started.
+//! Recipient endpoints: the import (parsing, normalisation and writing live in
+//! [`crate::import`]) and the ledger listing.
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use futures::StreamExt;
 use herald_core::campaigns::fetch_campaign;
 use herald_core::lifecycle::Status;
 use sqlx::Row;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use uuid::Uuid;
 
-use crate::csv_upload::{BodyTooLarge, is_body_too_large, looks_like_utf16};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::AuthTenant;
+use crate::import::batch::ImportBatch;
+use crate::import::rules::ImportRules;
+use crate::import::{csv::import_csv, import_json};
 use crate::state::AppState;
 use crate::views::*;
 
-const IMPORT_CHUNK: usize = 2_000;
-const MAX_ADDRESS_LEN: usize = 320;
-const MAX_REPORTED_REJECTIONS: usize = 1_000;
-
-/// Rows waiting to be written, and the running tallies.
-struct ImportBatch {
-    campaign: Uuid,
-    addresses: Vec<String>,
-    variables: Vec<serde_json::Value>,
-    result: ImportResult,
-}
-
-impl ImportBatch {
-    fn new(campaign: Uuid) -> Self {
-        Self {
-            campaign,
-            addresses: Vec::new(),
-            variables: Vec::new(),
-            result: ImportResult::default(),
-        }
-    }
-
-    fn reject(&mut self, row: u64, reason: impl Into<String>) {
-        self.result.rejected += 1;
-        if self.result.rejected_rows.len() < MAX_REPORTED_REJECTIONS {
-            self.result.rejected_rows.push(RejectedRow {
-                row,
-                reason: reason.into(),
-            });
-        }
-    }
-
-    fn push(&mut self, row: u64, address: &str, variables: serde_json::Value) {
-        let address = address.trim();
-        if address.is_empty() {
-            return self.reject(row, "address is empty");
-        }
-        if address.len() > MAX_ADDRESS_LEN {
-            return self.reject(
-                row,
-                format!("address is longer than {MAX_ADDRESS_LEN} bytes"),
-            );
-        }
-        if address.chars().any(char::is_control) {
-            return self.reject(row, "address contains control characters");
-        }
-        if !variables.is_object() {
-            return self.reject(row, "variables must be a JSON object");
-        }
-        if contains_nul(&variables) {
-            return self.reject(row, "variables must not contain NUL characters");
-        }
-        self.addresses.push(address.to_owned());
-        self.variables.push(variables);
-    }
-
-    async fn flush(&mut self, state: &AppState) -> ApiResult<()> {
-        if self.addresses.is_empty() {
-            return Ok(());
-        }
-        let submitted = self.addresses.len() as u64;
-        let (open, inserted) =
-            insert_chunk(state, self.campaign, &self.addresses, &self.variables).await?;
-        self.addresses.clear();
-        self.variables.clear();
-        if !open {
-            return Err(ApiError::conflict(
-                "not_importable",
-                format!(
-                    "the campaign left draft/scheduled during the import; {} rows were imported before that",
-                    self.result.accepted
-                ),
-            ));
-        }
-        self.result.accepted += inserted;
-        self.result.duplicates += submitted - inserted;
-        Ok(())
-    }
-
-    async fn push_and_maybe_flush(
-        &mut self,
-        state: &AppState,
-        row: u64,
-        address: &str,
-        variables: serde_json::Value,
-    ) -> ApiResult<()> {
-        self.push(row, address, variables);
-        if self.addresses.len() >= IMPORT_CHUNK {
-            self.flush(state).await?;
-        }
-        Ok(())
-    }
-}
-
-/// Inserts one chunk, skipping addresses already present, and bumps the counters,
-/// all only while the campaign is still importable. Returns (still open, inserted).
-async fn insert_chunk(
-    state: &AppState,
-    campaign: Uuid,
-    addresses: &[String],
-    variables: &[serde_json::Value],
-) -> Result<(bool, u64), sqlx::Error> {
-    let row = sqlx::query(
-        "WITH camp AS (
-             SELECT id FROM campaigns WHERE id = $1 AND status IN ('draft', 'scheduled') FOR NO KEY UPDATE
-         ), ins AS (
-             INSERT INTO recipients (campaign_id, address, variables)
-             SELECT $1, a, v FROM unnest($2::text[], $3::jsonb[]) WITH ORDINALITY AS u(a, v, n)
-             WHERE EXISTS (SELECT 1 FROM camp) ORDER BY n
-             ON CONFLICT (campaign_id, address) DO NOTHING
-             RETURNING 1
-         ), bump AS (
-             UPDATE campaigns SET total_count = total_count + (SELECT count(*) FROM ins),
-                                  pending_count = pending_count + (SELECT count(*) FROM ins),
-                                  updated_at = now()
-             WHERE id IN (SELECT id FROM camp)
-         )
-         SELECT EXISTS (SELECT 1 FROM camp) AS open, (SELECT count(*) FROM ins) AS inserted",
-    )
-    .bind(campaign)
-    .bind(addresses)
-    .bind(variables)
-    .fetch_one(&state.pool)
-    .await?;
-    Ok((
-        row.try_get("open")?,
-        row.try_get::<i64, _>("inserted")? as u64,
-    ))
-}
-
-async fn import_json(state: &AppState, batch: &mut ImportBatch, body: Body) -> ApiResult<()> {
-    let limit = state.limits.import_body_bytes;
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::payload_too_large(limit))?;
-    let import: RecipientImport = serde_json::from_slice(&bytes).map_err(|e| {
-        if e.is_syntax() || e.is_eof() {
-            ApiError::bad_request("request body is not valid JSON")
-        } else {
-            ApiError::validation(e.to_string())
-        }
-    })?;
-    for (index, recipient) in import.recipients.into_iter().enumerate() {
-        let variables = recipient.variables.unwrap_or_else(|| serde_json::json!({}));
-        batch
-            .push_and_maybe_flush(state, index as u64 + 1, &recipient.address, variables)
-            .await?;
-    }
-    Ok(())
-}
-
-/// The 413 of a streamed import. A body without Content-Length is found too large
-/// only while it is imported, after earlier chunks were stored: say how many.
-fn import_too_large(limit: usize, batch: &ImportBatch) -> ApiError {
-    let mut error = ApiError::payload_too_large(limit);
-    if batch.result.accepted > 0 {
-        error.detail.message = format!(
-            "{}; the first {} rows were imported before the limit was reached \
-             (importing the file again skips them as duplicates)",
-            error.detail.message, batch.result.accepted
-        );
-    }
-    error
-}
-
-async fn import_csv(state: &AppState, batch: &mut ImportBatch, body: Body) -> ApiResult<()> {
-    let limit = state.limits.import_body_bytes;
-    let seen = Arc::new(AtomicUsize::new(0));
-    let stream = body.into_data_stream().map(move |chunk| {
-        let chunk = chunk.map_err(std::io::Error::other)?;
-        if seen.fetch_add(chunk.len(), Ordering::Relaxed) + chunk.len() > limit {
-            return Err(std::io::Error::other(BodyTooLarge));
-        }
-        Ok(chunk)
-    });
-    let reader = tokio_util::io::StreamReader::new(stream);
-    let mut csv = csv_async::AsyncReaderBuilder::new()
-        .flexible(true)
-        .create_reader(reader);
-    let headers = match csv.byte_headers().await {
-        Ok(h) => h.clone(),
-        Err(e) if is_body_too_large(&e) => return Err(ApiError::payload_too_large(limit)),
-        Err(_) => return Err(ApiError::validation("could not read the CSV header line")),
-    };
-    if looks_like_utf16(&headers) {
-        return Err(ApiError::validation(
-            "the CSV is not UTF-8: it looks like UTF-16 (a byte order mark or NUL bytes in \
-             the header line); save it as UTF-8 (\"CSV UTF-8\" in Excel) and import it again",
-        ));
-    }
-    let headers: Vec<String> = headers
-        .iter()
-        .map(|h| {
-            String::from_utf8_lossy(h)
-                .trim()
-                .trim_start_matches('\u{feff}')
-                .to_owned()
-        })
-        .collect();
-    let Some(address_column) = headers.iter().position(|h| h == "address") else {
-        return Err(ApiError::validation(
-            "the CSV header must have an `address` column",
-        ));
-    };
-    let mut records = csv.byte_records();
-    let mut row: u64 = 0;
-    while let Some(record) = records.next().await {
-        row += 1;
-        let record = match record {
-            Ok(r) => r,
-            Err(e) if is_body_too_large(&e) => return Err(import_too_large(limit, batch)),
-            Err(e) => {
-                if matches!(e.kind(), csv_async::ErrorKind::Io(_)) {
-                    return Err(ApiError::bad_request("the upload was interrupted"));
-                }
-                batch.reject(row, format!("unreadable CSV row: {e}"));
-                continue;
-            }
-        };
-        if record.len() != headers.len() {
-            batch.reject(
-                row,
-                format!(
-                    "row has {} fields but the header has {}",
-                    record.len(),
-                    headers.len()
-                ),
-            );
-            continue;
-        }
-        let mut fields = Vec::with_capacity(record.len());
-        let mut utf8 = true;
-        for field in record.iter() {
-            match std::str::from_utf8(field) {
-                Ok(text) => fields.push(text),
-                Err(_) => {
-                    utf8 = false;
-                    break;
-                }
-            }
-        }
-        if !utf8 {
-            batch.reject(row, "row is not valid UTF-8");
-            continue;
-        }
-        let variables: serde_json::Map<String, serde_json::Value> = headers
-            .iter()
-            .zip(&fields)
-            .enumerate()
-            .filter(|(i, _)| *i != address_column)
-            .map(|(_, (name, value))| {
-                (name.clone(), serde_json::Value::String((*value).to_owned()))
-            })
-            .collect();
-        batch
-            .push_and_maybe_flush(
-                state,
-                row,
-                fields[address_column],
-                serde_json::Value::Object(variables),
-            )
-            .await?;
-    }
-    Ok(())
-}
-
 #[utoipa::path(post, path = "/v1/campaigns/{id}/recipients", params(("id" = Uuid, Path)),
-    request_body(description = "JSON `{\"recipients\": [...]}`, or `text/csv` streamed: a header line with an `address` column; \
-                                every other column becomes a string variable",
+    request_body(description = "JSON `{\"recipients\": [...]}`, or `text/csv` streamed: a header line with an address column \
+                                (`address`, or else `phone`, `email`, `number` or `to`; names match ignoring case and surrounding spaces); \
+                                every other column becomes a string variable. Addresses are normalised by kind (E.164 phone numbers, \
+                                e-mail domains lower-cased; the channel's `address_kind` and `default_region`) and deduped on that form",
                  content(
                      (RecipientImport = "application/json"),
                      (String = "text/csv", example = json!("address,name\n+15550001,Ana\n+15550002,Bo\n")))),
-    responses((status = 200, description = "What was imported; rejected rows are listed with their reasons", body = ImportResult),
+    responses((status = 200, description = "What was imported; rejected rows are listed with a `reason` code \
+                                  (`invalid_address`, `invalid_variables`, `malformed_row`, `template_error`) and a `message`", body = ImportResult),
               (status = 400, description = "The JSON body is not valid JSON, or the upload was interrupted", body = ErrorBody),
               (status = 404, body = ErrorBody),
               (status = 409, description = "The campaign is neither a draft nor scheduled (`not_importable`)", body = ErrorBody),
               (status = 413, body = ErrorBody),
               (status = 415, description = "The Content-Type is neither application/json nor text/csv", body = ErrorBody),
-              (status = 422, description = "The JSON has the wrong shape, or the CSV has no header line or no `address` column, or is UTF-16", body = ErrorBody)),
+              (status = 422, description = "The JSON has the wrong shape, or the CSV has no header line, no address column \
+                                  (the error lists the headers found in `error.headers`) or several, or is UTF-16", body = ErrorBody)),
     security(("bearer" = [])), tag = "recipients")]
 pub async fn import_recipients(
     State(state): State<AppState>,
@@ -341,7 +74,7 @@ pub async fn import_recipients(
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    let mut batch = ImportBatch::new(id);
+    let mut batch = ImportBatch::new(id, ImportRules::for_campaign(&campaign));
     match content_type.as_str() {
         "application/json" => import_json(&state, &mut batch, body).await?,
         "text/csv" => import_csv(&state, &mut batch, body).await?,
@@ -389,7 +122,8 @@ async fn recipient_page(
     limit: i64,
 ) -> Result<Vec<RecipientView>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT id, address, variables, status, attempts, last_error, provider_message_id, sent_at
+        "SELECT id, address, address_input, address_kind, variables, status, attempts, last_error,
+                provider_message_id, sent_at
          FROM recipients WHERE campaign_id = $1 AND ($2::text IS NULL OR status = $2) AND id > $3
          ORDER BY id LIMIT $4",
     )
@@ -404,6 +138,10 @@ async fn recipient_page(
             Ok(RecipientView {
                 id: r.try_get("id")?,
                 address: r.try_get("address")?,
+                address_input: r.try_get("address_input")?,
+                address_kind: r
+                    .try_get::<Option<String>, _>("address_kind")?
+                    .and_then(|k| serde_json::from_value(serde_json::Value::String(k)).ok()),
                 variables: r.try_get("variables")?,
                 status: r.try_get("status")?,
                 attempts: r.try_get("attempts")?,

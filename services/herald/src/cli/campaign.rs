@@ -24,8 +24,9 @@ pub struct CampaignArgs {
 pub enum CampaignCommand {
     /// Create a draft campaign.
     Create(CreateArgs),
-    /// Import recipients from a CSV file (an `address` column; other columns
-    /// become template variables). `-` reads standard input.
+    /// Import recipients from a CSV file (an `address` column, or `phone`,
+    /// `email`, `number` or `to`, in any case; other columns become template
+    /// variables). `-` reads standard input.
     Import { id: Uuid, file: PathBuf },
     /// Start sending now.
     Start(TransitionArgs),
@@ -133,9 +134,18 @@ fn parse_start_time(text: &str) -> Result<DateTime<Utc>, String> {
     if let Ok(time) = DateTime::parse_from_rfc3339(text) {
         return Ok(time.with_timezone(&Utc));
     }
-    let delay = humantime::parse_duration(text).map_err(|_| {
-        format!("{text:?} is neither an RFC 3339 time (2026-05-01T09:00:00Z) nor a delay (15m)")
-    })?;
+    let Ok(delay) = humantime::parse_duration(text) else {
+        // A time without an offset is told to add one, as the API does.
+        return herald_api::timestamps::parse_scheduled_at(text).map_err(|error| {
+            if error.contains("UTC offset") && !error.contains("RFC 3339") {
+                error
+            } else {
+                format!(
+                    "{text:?} is neither an RFC 3339 time (2026-05-01T09:00:00Z) nor a delay (15m)"
+                )
+            }
+        });
+    };
     let delay = chrono::Duration::from_std(delay).map_err(|_| "delay is too long".to_owned())?;
     Ok(Utc::now() + delay)
 }
@@ -390,9 +400,9 @@ fn print_import(result: &Value, json: bool) {
         return;
     };
     let mut out = table();
-    out.set_header(["ROW", "REASON"]);
+    out.set_header(["ROW", "REASON", "MESSAGE"]);
     for row in rows {
-        out.add_row([cell(&row["row"]), cell(&row["reason"])]);
+        out.add_row([cell(&row["row"]), cell(&row["reason"]), cell(&row["message"])]);
     }
     println!("{out}");
 }
