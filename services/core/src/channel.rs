@@ -195,16 +195,19 @@ impl Serialize for ChannelConfig {
 impl<'de> Deserialize<'de> for ChannelConfig {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
-        let mut addressing = serde_json::Map::new();
-        for key in ADDRESSING_KEYS {
-            if let Some(value) = map.remove(key) {
-                addressing.insert(key.to_owned(), value);
-            }
-        }
+        let address_kind = map.remove("address_kind").unwrap_or_default();
+        let default_region = map.remove("default_region").unwrap_or_default();
         let provider =
             ChannelDef::deserialize(serde_json::Value::Object(map)).map_err(D::Error::custom)?;
-        let addressing = Addressing::deserialize(serde_json::Value::Object(addressing))
-            .map_err(D::Error::custom)?;
+        // Each key on its own, so that the error names it.
+        let addressing = Addressing {
+            address_kind: serde_json::from_value(address_kind).map_err(|_| {
+                D::Error::custom("address_kind must be \"phone\", \"email\" or \"opaque\"")
+            })?,
+            default_region: serde_json::from_value(default_region).map_err(|_| {
+                D::Error::custom("default_region must be a region code such as \"BR\"")
+            })?,
+        };
         Ok(Self {
             provider,
             addressing,

@@ -244,9 +244,10 @@ async fn channel_addressing_settings_are_validated_inline_and_on_channels_with_4
             json!({"provider": "log", "address_kind": "email", "default_region": "BR"}),
             "default_region",
         ),
-        (json!({"provider": "log", "address_kind": "fax"}), "fax"),
+        (json!({"provider": "log", "address_kind": "fax"}), "address_kind"),
+        (json!({"provider": "log", "default_region": 55}), "default_region"),
         (json!({"provider": "log", "address_kind": 3}), "address_kind"),
-        (json!({"provider": "log", "extra": 1}), "extra"),
+        (json!({"provider": "webhook", "url": "http://x/y", "extra": 1}), "extra"),
     ];
     for (config, named) in &bad {
         let (status, body) = stack

@@ -11,8 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use herald_core::lifecycle::Status;
-use herald_testkit::provider::ProviderDouble;
-use herald_testkit::{Stack, assert_counters_match_ledger, test_sender_config};
+use herald_testkit::{ProviderDouble, Stack, assert_counters_match_ledger, test_sender_config};
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
