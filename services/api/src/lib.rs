@@ -9,6 +9,7 @@ pub mod csv_upload;
 pub mod error;
 pub mod extract;
 pub mod import;
+pub mod import_views;
 pub mod lifecycle_views;
 pub mod observe;
 pub mod openapi;

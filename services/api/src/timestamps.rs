@@ -50,9 +50,14 @@ pub fn parse_scheduled_at(text: &str) -> Result<DateTime<Utc>, String> {
 /// A date and time without an offset, with `T` or a space, with or without
 /// seconds.
 fn naive_date_time(text: &str) -> Option<NaiveDateTime> {
-    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"]
-        .iter()
-        .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
+    [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ]
+    .iter()
+    .find_map(|format| NaiveDateTime::parse_from_str(text, format).ok())
 }
 
 #[cfg(test)]
@@ -69,7 +74,11 @@ mod tests {
 
     #[test]
     fn a_time_without_an_offset_is_told_to_add_one() {
-        for text in ["2030-05-01T09:00:00", "2030-05-01 09:00:00", "2030-05-01T09:00"] {
+        for text in [
+            "2030-05-01T09:00:00",
+            "2030-05-01 09:00:00",
+            "2030-05-01T09:00",
+        ] {
             let error = parse_scheduled_at(text).unwrap_err();
             assert!(error.contains("no UTC offset"), "{text}: {error}");
             assert!(error.contains("`2030-05-01T09:00:00Z`"), "{text}: {error}");

@@ -11,6 +11,7 @@ use herald_core::template::MessageTemplate;
 use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
 
+pub use crate::import_views::*;
 pub use crate::lifecycle_views::*;
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -45,7 +46,8 @@ pub struct CreateCampaign {
     /// A channel of this tenant (`POST /v1/channels`); its budget is shared.
     #[serde(default)]
     pub channel_id: Option<Uuid>,
-    /// An inline channel config, used by this campaign alone.
+    /// An inline channel config, used by this campaign alone (the provider's
+    /// keys, plus the optional `address_kind` and `default_region`).
     #[serde(default)]
     pub channel: Option<ChannelConfig>,
     pub template: TemplateSpec,
@@ -201,7 +203,9 @@ pub struct RateLimit {
 pub struct CreateChannel {
     #[schema(min_length = 1, max_length = 200, pattern = "\\S")]
     pub name: String,
-    /// The provider config, as a campaign's inline `channel` takes it.
+    /// The provider config, as a campaign's inline `channel` takes it, with
+    /// the optional `address_kind` and `default_region` beside the provider's
+    /// keys.
     pub config: ChannelConfig,
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
@@ -230,7 +234,8 @@ pub struct UpdateChannel {
 pub struct ChannelView {
     pub id: Uuid,
     pub name: String,
-    /// The provider config with `secret` and `api_key` replaced by `***`.
+    /// The provider config (addressing keys included) with `secret` and
+    /// `api_key` replaced by `***`.
     #[schema(value_type = Object)]
     pub config: serde_json::Value,
     /// Null when the channel has no limit.
@@ -316,55 +321,6 @@ pub fn contains_nul(value: &serde_json::Value) -> bool {
             .any(|(key, item)| key.contains('\0') || contains_nul(item)),
         _ => false,
     }
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RecipientInput {
-    pub address: String,
-    #[serde(default)]
-    #[schema(value_type = Object)]
-    pub variables: Option<serde_json::Value>,
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct RecipientImport {
-    pub recipients: Vec<RecipientInput>,
-}
-
-/// Why an import rejected a row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum RejectReason {
-    /// Empty, too long, control characters, or not of the channel's pinned
-    /// `address_kind`.
-    InvalidAddress,
-    /// `variables` is not a JSON object, or holds a NUL character.
-    InvalidVariables,
-    /// A CSV row that cannot be read: wrong number of fields, not UTF-8.
-    MalformedRow,
-    /// The campaign's template is strict and the row lacks a variable it uses.
-    TemplateError,
-}
-
-#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct RejectedRow {
-    /// 1-based data row (CSV: not counting the header line).
-    pub row: u64,
-    /// Machine-readable: why the row was rejected.
-    pub reason: RejectReason,
-    /// Human-readable: what is wrong with the row.
-    pub message: String,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ImportResult {
-    pub accepted: u64,
-    pub duplicates: u64,
-    pub rejected: u64,
-    /// The first 1,000 rejected rows with their reasons.
-    pub rejected_rows: Vec<RejectedRow>,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]

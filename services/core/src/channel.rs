@@ -9,8 +9,8 @@
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use utoipa::openapi::schema::Schema;
 use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::Schema;
 
 use crate::address::{ADDRESSING_KEYS, Addressing};
 
@@ -41,7 +41,12 @@ pub enum Channel {
 
 /// [`Channel`]'s strict reading: unknown keys are an error.
 #[derive(Deserialize)]
-#[serde(remote = "Channel", tag = "provider", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(
+    remote = "Channel",
+    tag = "provider",
+    rename_all = "snake_case",
+    deny_unknown_fields
+)]
 enum ChannelDef {
     Webhook {
         url: String,
@@ -160,8 +165,7 @@ impl ChannelConfig {
     pub fn to_json(&self) -> serde_json::Value {
         let mut value = serde_json::to_value(&self.provider).unwrap_or_default();
         let addressing = serde_json::to_value(&self.addressing).unwrap_or_default();
-        if let (Some(map), serde_json::Value::Object(extra)) = (value.as_object_mut(), addressing)
-        {
+        if let (Some(map), serde_json::Value::Object(extra)) = (value.as_object_mut(), addressing) {
             map.extend(extra);
         }
         value
@@ -171,8 +175,7 @@ impl ChannelConfig {
     pub fn redacted(&self) -> serde_json::Value {
         let mut value = self.provider.redacted();
         let addressing = serde_json::to_value(&self.addressing).unwrap_or_default();
-        if let (Some(map), serde_json::Value::Object(extra)) = (value.as_object_mut(), addressing)
-        {
+        if let (Some(map), serde_json::Value::Object(extra)) = (value.as_object_mut(), addressing) {
             map.extend(extra);
         }
         value

@@ -104,7 +104,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.variables(), ["codes", "name", "profile"]);
-        assert!(MessageTemplate::compile("plain").unwrap().variables().is_empty());
+        assert!(
+            MessageTemplate::compile("plain")
+                .unwrap()
+                .variables()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -102,14 +102,21 @@ async fn e_mail_addresses_differing_only_in_case_are_one_recipient_and_one_dupli
     // Another import, another case, and a domain-only difference: still one.
     let (status, result) = post_csv(&stack, id, "email,name\nANA@EXAMPLE.com,A\n").await;
     assert_eq!(status, 200, "{result}");
-    assert_eq!((&result["accepted"], &result["duplicates"]), (&json!(0), &json!(1)));
+    assert_eq!(
+        (&result["accepted"], &result["duplicates"]),
+        (&json!(0), &json!(1))
+    );
 
     let rows = recipients(&stack, id).await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["address"], "ana@example.com");
     assert_eq!(rows[0]["address_kind"], "email");
     assert_eq!(rows[0]["address_input"], Value::Null, "typed as normalised");
-    assert_eq!(rows[0]["variables"], json!({"name": "Ana"}), "the first wins");
+    assert_eq!(
+        rows[0]["variables"],
+        json!({"name": "Ana"}),
+        "the first wins"
+    );
 
     // The first spelling seen is kept (local part as typed, domain lower-cased),
     // and what was typed is shown beside it.
@@ -120,7 +127,10 @@ async fn e_mail_addresses_differing_only_in_case_are_one_recipient_and_one_dupli
         json!([{"address": " Bo@Example.COM "}, {"address": "bo@example.com"}]),
     )
     .await;
-    assert_eq!((&result["accepted"], &result["duplicates"]), (&json!(1), &json!(1)));
+    assert_eq!(
+        (&result["accepted"], &result["duplicates"]),
+        (&json!(1), &json!(1))
+    );
     let rows = recipients(&stack, other).await;
     assert_eq!(rows[0]["address"], "Bo@example.com");
     assert_eq!(rows[0]["address_input"], "Bo@Example.COM");
@@ -154,7 +164,11 @@ async fn a_phone_channel_normalises_numbers_to_e164_dedupes_them_and_rejects_inv
     let reasons: Vec<(u64, &str)> = rejected.iter().map(|(r, c, _)| (*r, c.as_str())).collect();
     assert_eq!(
         reasons,
-        [(4, "invalid_address"), (5, "invalid_address"), (7, "invalid_address")]
+        [
+            (4, "invalid_address"),
+            (5, "invalid_address"),
+            (7, "invalid_address")
+        ]
     );
     assert!(rejected[0].2.contains("not a phone number"), "{rejected:?}");
     assert_eq!(rejected[2].2, "address is empty");
@@ -174,12 +188,22 @@ async fn a_phone_channel_normalises_numbers_to_e164_dedupes_them_and_rejects_inv
     let rows = recipients(&stack, id).await;
     let stored: Vec<(&str, &Value, &Value)> = rows
         .iter()
-        .map(|r| (r["address"].as_str().unwrap(), &r["address_input"], &r["address_kind"]))
+        .map(|r| {
+            (
+                r["address"].as_str().unwrap(),
+                &r["address_input"],
+                &r["address_kind"],
+            )
+        })
         .collect();
     assert_eq!(
         stored,
         [
-            ("+5511987654321", &json!("+55 11 98765-4321"), &json!("phone")),
+            (
+                "+5511987654321",
+                &json!("+55 11 98765-4321"),
+                &json!("phone")
+            ),
             ("+12025550123", &json!("+1 202 555 0123"), &json!("phone")),
             ("+552123456789", &json!("(21) 2345-6789"), &json!("phone")),
         ]
@@ -207,11 +231,19 @@ async fn without_a_pinned_kind_addresses_are_detected_and_others_only_trimmed() 
     )
     .await;
     assert_eq!(status, 200, "{result}");
-    assert_eq!((&result["accepted"], &result["duplicates"]), (&json!(4), &json!(1)));
+    assert_eq!(
+        (&result["accepted"], &result["duplicates"]),
+        (&json!(4), &json!(1))
+    );
     let rows = recipients(&stack, id).await;
     let stored: Vec<(&str, &str)> = rows
         .iter()
-        .map(|r| (r["address"].as_str().unwrap(), r["address_kind"].as_str().unwrap()))
+        .map(|r| {
+            (
+                r["address"].as_str().unwrap(),
+                r["address_kind"].as_str().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         stored,
@@ -225,10 +257,18 @@ async fn without_a_pinned_kind_addresses_are_detected_and_others_only_trimmed() 
     );
 
     // An e-mail-pinned channel rejects what is not an e-mail address.
-    let email = campaign(&stack, json!({"provider": "log", "address_kind": "email"}), "Hi").await;
-    let (_, result) =
-        post_json(&stack, email, json!([{"address": "+5511987654321"}, {"address": "a@b.co"}]))
-            .await;
+    let email = campaign(
+        &stack,
+        json!({"provider": "log", "address_kind": "email"}),
+        "Hi",
+    )
+    .await;
+    let (_, result) = post_json(
+        &stack,
+        email,
+        json!([{"address": "+5511987654321"}, {"address": "a@b.co"}]),
+    )
+    .await;
     assert_eq!(result["accepted"], 1, "{result}");
     assert_eq!(rejections(&result)[0].1, "invalid_address", "{result}");
     stack.stop().await;
@@ -238,16 +278,34 @@ async fn without_a_pinned_kind_addresses_are_detected_and_others_only_trimmed() 
 async fn channel_addressing_settings_are_validated_inline_and_on_channels_with_422s() {
     let stack = Stack::start(0, 0, test_sender_config()).await;
     let bad = [
-        (json!({"provider": "log", "default_region": "XX"}), "default_region"),
-        (json!({"provider": "log", "default_region": "Brazil"}), "default_region"),
+        (
+            json!({"provider": "log", "default_region": "XX"}),
+            "default_region",
+        ),
+        (
+            json!({"provider": "log", "default_region": "Brazil"}),
+            "default_region",
+        ),
         (
             json!({"provider": "log", "address_kind": "email", "default_region": "BR"}),
             "default_region",
         ),
-        (json!({"provider": "log", "address_kind": "fax"}), "address_kind"),
-        (json!({"provider": "log", "default_region": 55}), "default_region"),
-        (json!({"provider": "log", "address_kind": 3}), "address_kind"),
-        (json!({"provider": "webhook", "url": "http://x/y", "extra": 1}), "extra"),
+        (
+            json!({"provider": "log", "address_kind": "fax"}),
+            "address_kind",
+        ),
+        (
+            json!({"provider": "log", "default_region": 55}),
+            "default_region",
+        ),
+        (
+            json!({"provider": "log", "address_kind": 3}),
+            "address_kind",
+        ),
+        (
+            json!({"provider": "webhook", "url": "http://x/y", "extra": 1}),
+            "extra",
+        ),
     ];
     for (config, named) in &bad {
         let (status, body) = stack
@@ -267,7 +325,10 @@ async fn channel_addressing_settings_are_validated_inline_and_on_channels_with_4
             )
             .await;
         assert_eq!(status, 422, "inline {config}: {body}");
-        assert!(error_message(&body).contains(named), "inline {config}: {body}");
+        assert!(
+            error_message(&body).contains(named),
+            "inline {config}: {body}"
+        );
     }
 
     // A valid config is stored and shown with its addressing keys (secrets still
@@ -302,7 +363,10 @@ async fn channel_addressing_settings_are_validated_inline_and_on_channels_with_4
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["config"], json!({"provider": "log", "address_kind": "opaque"}));
+    assert_eq!(
+        body["config"],
+        json!({"provider": "log", "address_kind": "opaque"})
+    );
 
     // A campaign on an inline pinned channel shows it too.
     let (status, created) = stack
@@ -314,7 +378,10 @@ async fn channel_addressing_settings_are_validated_inline_and_on_channels_with_4
         )
         .await;
     assert_eq!(status, 201, "{created}");
-    assert_eq!(created["channel"], json!({"provider": "log", "address_kind": "email"}));
+    assert_eq!(
+        created["channel"],
+        json!({"provider": "log", "address_kind": "email"})
+    );
     stack.stop().await;
 }
 
@@ -326,7 +393,10 @@ async fn csv_headers_match_ignoring_case_and_spaces_and_the_address_column_has_a
     let (status, result) = post_csv(&stack, id, "Address,Name\n+5511987654321,Ana\n").await;
     assert_eq!(status, 200, "{result}");
     assert_eq!(result["accepted"], 1, "{result}");
-    assert_eq!(recipients(&stack, id).await[0]["variables"], json!({"name": "Ana"}));
+    assert_eq!(
+        recipients(&stack, id).await[0]["variables"],
+        json!({"name": "Ana"})
+    );
 
     for (csv, address) in [
         (" ADDRESS , City \n+5511900000001,Oslo\n", "+5511900000001"),
@@ -335,7 +405,10 @@ async fn csv_headers_match_ignoring_case_and_spaces_and_the_address_column_has_a
         ("NUMBER,City\n+5511900000003,Oslo\n", "+5511900000003"),
         ("To,City\n+5511900000004,Oslo\n", "+5511900000004"),
         // `address` wins over an alias, which becomes a variable.
-        ("email,City,address\nx@example.com,Oslo,+5511900000005\n", "+5511900000005"),
+        (
+            "email,City,address\nx@example.com,Oslo,+5511900000005\n",
+            "+5511900000005",
+        ),
     ] {
         let id = campaign(&stack, json!({"provider": "log"}), "Hi {{ name }}").await;
         let (status, result) = post_csv(&stack, id, csv).await;

@@ -698,7 +698,7 @@ async fn csv_imports_report_accepted_duplicate_and_rejected_rows_with_reasons() 
     assert_eq!(body["accepted"], 0);
 
     // No address column, or no header at all.
-    for bad in ["email,name\nx@y.z,X\n", "", "\n"] {
+    for bad in ["mail,name\nx@y.z,X\n", "", "\n"] {
         let (status, body) = import_csv(&stack, id, bad).await;
         assert_error(status, &body, 422, "validation_failed");
     }

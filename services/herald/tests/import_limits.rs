@@ -528,7 +528,10 @@ async fn a_csv_in_utf16_is_refused_with_a_422_that_names_the_encoding_latin1_row
     assert_eq!(body["accepted"], 1, "{body}");
     assert_eq!(body["rejected"], 1, "{body}");
     assert_eq!(body["rejected_rows"][0]["row"], 2, "{body}");
-    assert_eq!(body["rejected_rows"][0]["reason"], "malformed_row", "{body}");
+    assert_eq!(
+        body["rejected_rows"][0]["reason"], "malformed_row",
+        "{body}"
+    );
     assert_eq!(
         body["rejected_rows"][0]["message"], "row is not valid UTF-8",
         "{body}"

@@ -46,16 +46,20 @@ fn message(body: &Value) -> &str {
 async fn a_default_filter_fills_a_missing_profile_and_the_provider_receives_hi_there() {
     let stack = Stack::start(1, 1, test_sender_config()).await;
     let double = ProviderDouble::start(Duration::ZERO).await;
+    // A channel with addressing keys: the sender reads its config too.
+    let mut channel = double.webhook_channel();
+    channel["address_kind"] = json!("phone");
+    channel["default_region"] = json!("BR");
     let (status, created) = create(
         &stack,
-        json!({"name": "greetings", "channel": double.webhook_channel(),
+        json!({"name": "greetings", "channel": channel,
                "template": {"body": "Hi {{ profile.first | default(\"there\") }}"}}),
     )
     .await;
     assert_eq!(status, 201, "{created}");
     let id = id_of(&created);
     let recipients = json!({"recipients": [
-        {"address": "+55 11 98765-4321"},
+        {"address": "(11) 98765-4321"},
         {"address": "+5521987654321", "variables": {"profile": {"first": "Ana"}}},
         {"address": "+5531987654321", "variables": {"profile": {}}},
     ]});
@@ -103,8 +107,15 @@ async fn create_and_update_answers_list_the_variables_the_template_uses() {
     )
     .await;
     assert_eq!(status, 201, "{created}");
-    assert_eq!(created["template_variables"], json!(["codes", "name", "profile"]));
-    assert_eq!(created["template"], json!({"body": body}), "strict is off by default");
+    assert_eq!(
+        created["template_variables"],
+        json!(["codes", "name", "profile"])
+    );
+    assert_eq!(
+        created["template"],
+        json!({"body": body}),
+        "strict is off by default"
+    );
     let id = id_of(&created);
     let (status, updated) = stack
         .call(
@@ -153,8 +164,14 @@ async fn a_strict_template_makes_the_import_reject_rows_lacking_a_variable_with_
     let rows = result["rejected_rows"].as_array().expect("rejected_rows");
     assert_eq!(rows[0]["row"], 2);
     assert_eq!(rows[0]["reason"], "template_error");
-    assert!(rows[0]["message"].as_str().unwrap().contains("`code`"), "{result}");
-    assert!(!rows[0]["message"].as_str().unwrap().contains("`name`"), "{result}");
+    assert!(
+        rows[0]["message"].as_str().unwrap().contains("`code`"),
+        "{result}"
+    );
+    assert!(
+        !rows[0]["message"].as_str().unwrap().contains("`name`"),
+        "{result}"
+    );
     assert_eq!(rows[1]["row"], 3);
     assert_eq!(rows[1]["reason"], "template_error");
 
@@ -188,7 +205,13 @@ async fn a_strict_template_makes_the_import_reject_rows_lacking_a_variable_with_
                "template": {"body": "Hi {{ name }}, your code is {{ code }}"}}),
     )
     .await;
-    let result = import(&stack, id_of(&lenient), "application/json", recipients.to_string()).await;
+    let result = import(
+        &stack,
+        id_of(&lenient),
+        "application/json",
+        recipients.to_string(),
+    )
+    .await;
     assert_eq!(result["accepted"], 4, "{result}");
     stack.stop().await;
 }
@@ -284,7 +307,10 @@ async fn a_duplicate_of_a_campaign_with_a_200_character_name_gets_a_distinguisha
             )
             .await;
         assert_eq!(page["items"][0]["address"], "Ana@example.com", "{page}");
-        assert_eq!(page["items"][0]["address_input"], "Ana@Example.COM", "{page}");
+        assert_eq!(
+            page["items"][0]["address_input"], "Ana@Example.COM",
+            "{page}"
+        );
         assert_eq!(page["items"][0]["address_kind"], "email", "{page}");
     }
     stack.stop().await;

@@ -83,7 +83,12 @@ pub async fn import_csv(state: &AppState, batch: &mut ImportBatch, body: Body) -
         }
         let Some(fields) = utf8_fields(&record) else {
             batch
-                .reject(state, row, RejectReason::MalformedRow, "row is not valid UTF-8")
+                .reject(
+                    state,
+                    row,
+                    RejectReason::MalformedRow,
+                    "row is not valid UTF-8",
+                )
                 .await?;
             continue;
         };

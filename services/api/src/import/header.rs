@@ -159,22 +159,46 @@ mod tests {
     fn a_missing_address_column_lists_the_headers_and_hints_at_the_delimiter() {
         let error = resolve(&headers("name,city"), &[]).unwrap_err();
         assert_eq!(error.status, 422);
-        assert!(error.detail.message.contains("`name`, `city`"), "{}", error.detail.message);
+        assert!(
+            error.detail.message.contains("`name`, `city`"),
+            "{}",
+            error.detail.message
+        );
         assert!(!error.detail.message.contains("delimiter"));
         assert_eq!(error.detail.headers, Some(headers("name,city")));
 
         let error = resolve(&["address;name".to_owned()], &[]).unwrap_err();
-        assert!(error.detail.message.contains("`address;name`"), "{}", error.detail.message);
-        assert!(error.detail.message.contains("semicolon"), "{}", error.detail.message);
+        assert!(
+            error.detail.message.contains("`address;name`"),
+            "{}",
+            error.detail.message
+        );
+        assert!(
+            error.detail.message.contains("semicolon"),
+            "{}",
+            error.detail.message
+        );
         let error = resolve(&["address\tname".to_owned()], &[]).unwrap_err();
-        assert!(error.detail.message.contains("tab-separated"), "{}", error.detail.message);
+        assert!(
+            error.detail.message.contains("tab-separated"),
+            "{}",
+            error.detail.message
+        );
     }
 
     #[test]
     fn several_alias_columns_are_ambiguous() {
         let error = resolve(&headers("email,phone,name"), &[]).unwrap_err();
-        assert!(error.detail.message.contains("`email`, `phone`"), "{}", error.detail.message);
+        assert!(
+            error.detail.message.contains("`email`, `phone`"),
+            "{}",
+            error.detail.message
+        );
         let error = resolve(&headers("address,Address"), &[]).unwrap_err();
-        assert!(error.detail.message.contains("several"), "{}", error.detail.message);
+        assert!(
+            error.detail.message.contains("several"),
+            "{}",
+            error.detail.message
+        );
     }
 }

@@ -142,17 +142,26 @@ mod tests {
 
     #[test]
     fn an_address_not_of_the_pinned_kind_is_an_invalid_address() {
-        let r = rules(json!({"provider": "log", "address_kind": "phone"}), "Hi", false);
+        let r = rules(
+            json!({"provider": "log", "address_kind": "phone"}),
+            "Hi",
+            false,
+        );
         let rejection = r.check("ana@example.com", json!({})).unwrap_err();
         assert_eq!(rejection.reason, RejectReason::InvalidAddress);
-        assert!(rejection.message.contains("not a phone number"), "{rejection:?}");
+        assert!(
+            rejection.message.contains("not a phone number"),
+            "{rejection:?}"
+        );
     }
 
     #[test]
     fn a_strict_template_rejects_rows_lacking_a_variable_it_uses() {
         let body = "Hi {{ name }} {{ profile.first | default('x') }}";
         let strict = rules(json!({"provider": "log"}), body, true);
-        let rejection = strict.check("+5511987654321", json!({"name": "Ana"})).unwrap_err();
+        let rejection = strict
+            .check("+5511987654321", json!({"name": "Ana"}))
+            .unwrap_err();
         assert_eq!(rejection.reason, RejectReason::TemplateError);
         assert!(rejection.message.contains("`profile`"), "{rejection:?}");
         assert!(!rejection.message.contains("`name`"), "{rejection:?}");

@@ -33,6 +33,24 @@ fn parse_action(action: &str) -> ApiResult<Action> {
     }
 }
 
+/// A transition's optional body: empty, `null` or an object (a JSON array is a
+/// 422, though serde would read `[]` as a struct whose fields all default).
+fn schedule_body(body: &[u8]) -> ApiResult<ScheduleBody> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(ScheduleBody::default());
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|_| ApiError::bad_request("request body is not valid JSON"))?;
+    match value {
+        serde_json::Value::Null => Ok(ScheduleBody::default()),
+        serde_json::Value::Object(_) => serde_json::from_value(value)
+            .map_err(|e| ApiError::validation(format!("invalid body: {e}"))),
+        _ => Err(ApiError::validation(
+            "the body must be a JSON object, null or empty",
+        )),
+    }
+}
+
 #[utoipa::path(post, path = "/v1/campaigns/{id}/{action}",
     params(("id" = Uuid, Path),
            ("action" = TransitionAction, Path, description = "schedule, unschedule, start, pause, resume or stop"),
@@ -60,19 +78,7 @@ pub async fn transition_campaign(
     let body = body?;
     // Empty and `null` are both "no body" (the document marks the body optional
     // and nullable).
-    let schedule: ScheduleBody = if body.iter().all(u8::is_ascii_whitespace) {
-        ScheduleBody::default()
-    } else {
-        serde_json::from_slice::<Option<ScheduleBody>>(&body)
-            .map(Option::unwrap_or_default)
-            .map_err(|e| {
-                if e.is_syntax() || e.is_eof() {
-                    ApiError::bad_request("request body is not valid JSON")
-                } else {
-                    ApiError::validation(e.to_string())
-                }
-            })?
-    };
+    let schedule = schedule_body(&body)?;
     // Bound into the transition's UPDATE whatever the action.
     validate_scheduled_at(schedule.scheduled_at)?;
     let done = state

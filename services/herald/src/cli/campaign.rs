@@ -402,7 +402,11 @@ fn print_import(result: &Value, json: bool) {
     let mut out = table();
     out.set_header(["ROW", "REASON", "MESSAGE"]);
     for row in rows {
-        out.add_row([cell(&row["row"]), cell(&row["reason"]), cell(&row["message"])]);
+        out.add_row([
+            cell(&row["row"]),
+            cell(&row["reason"]),
+            cell(&row["message"]),
+        ]);
     }
     println!("{out}");
 }
