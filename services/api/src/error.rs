@@ -31,10 +31,6 @@ pub struct ErrorDetail {
     /// For `version_mismatch`: the current version.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub current_version: Option<i64>,
-    /// For a CSV import without an address column: the header names found
-    /// (the first 50, each cut to 64 characters).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub headers: Option<Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -53,7 +49,6 @@ impl ApiError {
                 from: None,
                 to: None,
                 current_version: None,
-                headers: None,
             },
         }
     }

@@ -435,7 +435,6 @@ async fn a_csv_without_an_address_column_gets_a_422_listing_the_headers_found_an
     let (status, body) = post_csv(&stack, id, "Name, City\nAna,Oslo\n").await;
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["code"], "validation_failed");
-    assert_eq!(body["error"]["headers"], json!(["Name", "City"]), "{body}");
     let message = error_message(&body);
     assert!(message.contains("`Name`, `City`"), "{body}");
     assert!(message.contains("phone"), "the aliases are named: {body}");
@@ -444,7 +443,7 @@ async fn a_csv_without_an_address_column_gets_a_422_listing_the_headers_found_an
     // Semicolons (a spreadsheet's CSV in some locales) and tabs get a hint.
     let (status, body) = post_csv(&stack, id, "address;name\n+5511987654321;Ana\n").await;
     assert_eq!(status, 422, "{body}");
-    assert_eq!(body["error"]["headers"], json!(["address;name"]), "{body}");
+    assert!(error_message(&body).contains("`address;name`"), "{body}");
     assert!(error_message(&body).contains("semicolon"), "{body}");
     let (status, body) = post_csv(&stack, id, "address\tname\n+5511987654321\tAna\n").await;
     assert_eq!(status, 422, "{body}");

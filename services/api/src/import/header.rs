@@ -30,9 +30,9 @@ fn key(name: &str) -> String {
 }
 
 /// Maps `headers` (trimmed, byte order mark removed) to [`Columns`]. 422 when
-/// no column, or more than one, can be the address; the error lists the headers
-/// found (message and `error.headers`) and hints at the delimiter when the
-/// header line holds `;` or a tab.
+/// no column, or more than one, can be the address; the message lists the
+/// headers found and hints at the delimiter when the header line holds `;` or a
+/// tab.
 pub fn resolve(headers: &[String], template_variables: &[String]) -> Result<Columns, ApiError> {
     let keys: Vec<String> = headers.iter().map(|h| key(h)).collect();
     let named = |wanted: &dyn Fn(&str) -> bool| -> Vec<usize> {
@@ -108,20 +108,16 @@ fn no_address_column(headers: &[String]) -> ApiError {
     if let Some(hint) = delimiter_hint(headers) {
         message.push_str(hint);
     }
-    let mut error = ApiError::validation(message);
-    error.detail.headers = Some(found);
-    error
+    ApiError::validation(message)
 }
 
 fn several_address_columns(headers: &[String], columns: &[usize]) -> ApiError {
     let clashing: Vec<String> = columns.iter().map(|&i| headers[i].clone()).collect();
-    let mut error = ApiError::validation(format!(
+    ApiError::validation(format!(
         "the CSV has several columns that could be the address ({}): rename the one to \
          send to `address`",
         quoted(&listed(&clashing))
-    ));
-    error.detail.headers = Some(listed(headers));
-    error
+    ))
 }
 
 #[cfg(test)]
@@ -165,7 +161,6 @@ mod tests {
             error.detail.message
         );
         assert!(!error.detail.message.contains("delimiter"));
-        assert_eq!(error.detail.headers, Some(headers("name,city")));
 
         let error = resolve(&["address;name".to_owned()], &[]).unwrap_err();
         assert!(

@@ -120,10 +120,10 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn rules(addressing: serde_json::Value, body: &str, strict: bool) -> ImportRules {
+    fn rules(addressing: &serde_json::Value, body: &str, strict: bool) -> ImportRules {
         let template = MessageTemplate::compile(body).unwrap();
         ImportRules {
-            normaliser: Addressing::from_config(&addressing).normaliser().unwrap(),
+            normaliser: Addressing::from_config(addressing).normaliser().unwrap(),
             template_variables: template.variables(),
             strict,
         }
@@ -131,7 +131,7 @@ mod tests {
 
     #[test]
     fn addresses_are_normalised_and_what_was_typed_is_kept_when_it_differs() {
-        let r = rules(json!({"provider": "log"}), "Hi", false);
+        let r = rules(&json!({"provider": "log"}), "Hi", false);
         let row = r.check(" Ana@Example.COM ", json!({})).unwrap();
         assert_eq!(row.address, "Ana@example.com");
         assert_eq!(row.input.as_deref(), Some("Ana@Example.COM"));
@@ -143,7 +143,7 @@ mod tests {
     #[test]
     fn an_address_not_of_the_pinned_kind_is_an_invalid_address() {
         let r = rules(
-            json!({"provider": "log", "address_kind": "phone"}),
+            &json!({"provider": "log", "address_kind": "phone"}),
             "Hi",
             false,
         );
@@ -158,7 +158,7 @@ mod tests {
     #[test]
     fn a_strict_template_rejects_rows_lacking_a_variable_it_uses() {
         let body = "Hi {{ name }} {{ profile.first | default('x') }}";
-        let strict = rules(json!({"provider": "log"}), body, true);
+        let strict = rules(&json!({"provider": "log"}), body, true);
         let rejection = strict
             .check("+5511987654321", json!({"name": "Ana"}))
             .unwrap_err();
@@ -167,13 +167,13 @@ mod tests {
         assert!(!rejection.message.contains("`name`"), "{rejection:?}");
         let full = json!({"name": "Ana", "profile": {}});
         assert!(strict.check("+5511987654321", full).is_ok());
-        let lenient = rules(json!({"provider": "log"}), body, false);
+        let lenient = rules(&json!({"provider": "log"}), body, false);
         assert!(lenient.check("+5511987654321", json!({})).is_ok());
     }
 
     #[test]
     fn variables_must_be_an_object_without_nul() {
-        let r = rules(json!({"provider": "log"}), "Hi", false);
+        let r = rules(&json!({"provider": "log"}), "Hi", false);
         for bad in [json!([1]), json!("x"), json!({"k": "a\u{0}b"})] {
             let rejection = r.check("+100", bad).unwrap_err();
             assert_eq!(rejection.reason, RejectReason::InvalidVariables);

@@ -33,7 +33,7 @@ use crate::views::*;
               (status = 413, body = ErrorBody),
               (status = 415, description = "The Content-Type is neither application/json nor text/csv", body = ErrorBody),
               (status = 422, description = "The JSON has the wrong shape, or the CSV has no header line, no address column \
-                                  (the error lists the headers found in `error.headers`) or several, or is UTF-16", body = ErrorBody)),
+                                  (the message lists the headers found) or several, or is UTF-16", body = ErrorBody)),
     security(("bearer" = [])), tag = "recipients")]
 pub async fn import_recipients(
     State(state): State<AppState>,
