@@ -163,22 +163,24 @@ impl ChannelConfig {
 
     /// The config as stored: one flat object.
     pub fn to_json(&self) -> serde_json::Value {
-        let mut value = serde_json::to_value(&self.provider).unwrap_or_default();
-        let addressing = serde_json::to_value(&self.addressing).unwrap_or_default();
-        if let (Some(map), serde_json::Value::Object(extra)) = (value.as_object_mut(), addressing) {
-            map.extend(extra);
-        }
-        value
+        self.with_addressing(serde_json::to_value(&self.provider).unwrap_or_default())
     }
 
     /// The config as clients may see it: secrets replaced by `"***"`.
     pub fn redacted(&self) -> serde_json::Value {
-        let mut value = self.provider.redacted();
+        self.with_addressing(self.provider.redacted())
+    }
+
+    /// `provider` (the provider's keys as an object) with the addressing keys
+    /// that are set added beside them.
+    fn with_addressing(&self, mut provider: serde_json::Value) -> serde_json::Value {
         let addressing = serde_json::to_value(&self.addressing).unwrap_or_default();
-        if let (Some(map), serde_json::Value::Object(extra)) = (value.as_object_mut(), addressing) {
+        if let (Some(map), serde_json::Value::Object(extra)) =
+            (provider.as_object_mut(), addressing)
+        {
             map.extend(extra);
         }
-        value
+        provider
     }
 
     /// A stored config, redacted for clients; Null when it is unreadable.
@@ -245,6 +247,7 @@ impl utoipa::ToSchema for ChannelConfig {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::address::AddressKind;
     use serde_json::json;
 
     #[test]
@@ -264,6 +267,29 @@ mod tests {
         let ftp: Channel =
             serde_json::from_value(json!({"provider": "webhook", "url": "ftp://x"})).unwrap();
         assert!(ftp.validate().is_err());
+    }
+
+    #[test]
+    fn a_config_carries_the_addressing_keys_beside_the_providers() {
+        let stored = json!({"provider": "webhook", "url": "http://x", "secret": "s",
+                            "address_kind": "phone", "default_region": "BR"});
+        let config: ChannelConfig = serde_json::from_value(stored.clone()).unwrap();
+        assert_eq!(config.addressing.address_kind, Some(AddressKind::Phone));
+        assert_eq!(config.to_json(), stored);
+        assert_eq!(config.redacted()["secret"], "***");
+        assert_eq!(config.redacted()["default_region"], "BR");
+        // What a sender reads: the provider's part, the addressing keys skipped.
+        let channel: Channel = serde_json::from_value(stored).unwrap();
+        assert_eq!(channel.provider(), "webhook");
+        // Other unknown keys are still refused, and bad addressing values named.
+        let extra = json!({"provider": "webhook", "url": "http://x", "extra": 1});
+        assert!(serde_json::from_value::<Channel>(extra.clone()).is_err());
+        assert!(serde_json::from_value::<ChannelConfig>(extra).is_err());
+        let bad = json!({"provider": "log", "address_kind": "fax"});
+        let error = serde_json::from_value::<ChannelConfig>(bad).unwrap_err();
+        assert!(error.to_string().contains("address_kind"), "{error}");
+        let plain: ChannelConfig = serde_json::from_value(json!({"provider": "log"})).unwrap();
+        assert_eq!(plain.to_json(), json!({"provider": "log"}));
     }
 
     #[test]
