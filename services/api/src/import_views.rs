@@ -1,5 +1,5 @@
-//! Request and response bodies of the recipient import, re-exported by
-//! [`crate::views`].
+//! Request and response bodies of the recipient import (and the rejected row
+//! of a suppression list upload), re-exported by [`crate::views`].
 
 use serde::{Deserialize, Serialize};
 
@@ -33,8 +33,9 @@ pub enum RejectReason {
     TemplateError,
 }
 
+/// A row a recipient import rejected.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct RejectedRow {
+pub struct RejectedRecipient {
     /// 1-based data row (CSV: not counting the header line).
     pub row: u64,
     /// Machine-readable: why the row was rejected.
@@ -43,11 +44,19 @@ pub struct RejectedRow {
     pub message: String,
 }
 
+/// A row a suppression list upload rejected (`reason` is a human message).
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RejectedRow {
+    /// 1-based data row (CSV: not counting the header line).
+    pub row: u64,
+    pub reason: String,
+}
+
 #[derive(Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImportResult {
     pub accepted: u64,
     pub duplicates: u64,
     pub rejected: u64,
     /// The first 1,000 rejected rows with their reasons.
-    pub rejected_rows: Vec<RejectedRow>,
+    pub rejected_rows: Vec<RejectedRecipient>,
 }

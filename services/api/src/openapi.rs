@@ -125,7 +125,7 @@ impl Modify for Conventions {
     ),
     components(schemas(ErrorBody, ErrorDetail, CampaignView, CampaignPage, CreateCampaign, UpdateCampaign,
         TemplateSpec, ScheduleBody, BulkRequest, BulkResponse, BulkResult, EventView, EventList,
-        RecipientImport, RecipientInput, TransitionAction, BulkAction, ImportResult, RejectedRow, RejectReason, RecipientView, RecipientPage,
+        RecipientImport, RecipientInput, TransitionAction, BulkAction, ImportResult, RejectedRecipient, RejectedRow, RejectReason, RecipientView, RecipientPage,
         progress::Progress, ChannelView, ChannelPage, CreateChannel, UpdateChannel, RateLimit, WaitingView,
         herald_core::send_window::SendWindow, herald_core::send_window::Day,
         herald_core::address::AddressKind, herald_core::channel::ChannelConfig,

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::rules::{ImportRules, Rejection, Row};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
-use crate::views::{ImportResult, RejectReason, RejectedRow};
+use crate::views::{ImportResult, RejectReason, RejectedRecipient};
 
 /// Rows per check and write: one statement, one lock of the campaign row.
 pub const IMPORT_CHUNK: usize = 2_000;
@@ -34,12 +34,12 @@ enum Pending {
         address: String,
         variables: serde_json::Value,
     },
-    Rejected(RejectedRow),
+    Rejected(RejectedRecipient),
 }
 
 /// Checks the pending rows against `rules`: the chunk to insert, and every
 /// rejection (the reader's and the rules'), in row order.
-fn check_chunk(rules: &ImportRules, pending: Vec<Pending>) -> (Chunk, Vec<RejectedRow>) {
+fn check_chunk(rules: &ImportRules, pending: Vec<Pending>) -> (Chunk, Vec<RejectedRecipient>) {
     let mut chunk = Chunk::default();
     let mut rejected = Vec::new();
     for item in pending {
@@ -61,7 +61,7 @@ fn check_chunk(rules: &ImportRules, pending: Vec<Pending>) -> (Chunk, Vec<Reject
                     chunk.kinds.push(kind.as_str());
                     chunk.variables.push(variables);
                 }
-                Err(Rejection { reason, message }) => rejected.push(RejectedRow {
+                Err(Rejection { reason, message }) => rejected.push(RejectedRecipient {
                     row,
                     reason,
                     message,
@@ -108,7 +108,7 @@ impl ImportBatch {
     ) -> ApiResult<()> {
         self.queue(
             state,
-            Pending::Rejected(RejectedRow {
+            Pending::Rejected(RejectedRecipient {
                 row,
                 reason,
                 message: message.into(),
@@ -118,7 +118,7 @@ impl ImportBatch {
     }
 
     /// Counts a rejected row, and lists it while the list is short enough.
-    fn record_rejection(&mut self, rejected: RejectedRow) {
+    fn record_rejection(&mut self, rejected: RejectedRecipient) {
         self.result.rejected += 1;
         if self.result.rejected_rows.len() < MAX_REPORTED_REJECTIONS {
             self.result.rejected_rows.push(rejected);

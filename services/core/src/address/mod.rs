@@ -14,9 +14,11 @@
 //! A channel may pin the kind (`address_kind` in its config, see [`Addressing`]);
 //! an address that is not of the pinned kind is invalid. Without a pin, each
 //! address is detected: an e-mail if it parses as one; a phone number if it is
-//! written in E.164 already (`+` and 7 to 15 digits, kept as it is) or parses as
+//! written in E.164 already (`+` and 7 to 15 digits, kept as it is), parses as
 //! a valid number (with a `+`, or in the default region when one is set and the
-//! text has only phone characters); else opaque.
+//! text has only phone characters), or is `+` and 7 to 15 digits once the
+//! separators people write (spaces, `-`, `.`, `(`, `)`, `/`) are removed; else
+//! opaque.
 
 use phonenumber::country;
 use serde::{Deserialize, Serialize};
@@ -198,6 +200,19 @@ impl Normaliser {
         if (plus || self.region.is_some()) && looks_like_phone(text) {
             if let Ok(found) = self.phone(text) {
                 return found;
+            }
+            // Not a number of any plan, but written as an international one
+            // (`+1 555 0001`): its digits, so that it dedupes with `+15550001`
+            // and matches a suppression list entry, which is kept that way.
+            let digits: String = text
+                .chars()
+                .filter(|c| *c == '+' || c.is_ascii_digit())
+                .collect();
+            if plus && is_e164(&digits) {
+                return Normalised {
+                    address: digits,
+                    kind: AddressKind::Phone,
+                };
             }
         }
         opaque(text)

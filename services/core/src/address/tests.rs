@@ -105,9 +105,16 @@ fn detection_finds_e_mails_and_valid_numbers_and_leaves_the_rest_opaque() {
     );
     // Not valid numbers, and numbers without + and without a region: opaque,
     // only trimmed.
+    assert_eq!(
+        auto.normalise("+1 (555) 000-1").unwrap(),
+        Normalised {
+            address: "+15550001".into(),
+            kind: AddressKind::Phone
+        },
+        "separators removed from what is not a valid number"
+    );
     for typed in [
         "+100",
-        "+1 555 0001",
         "+0123456789",
         "11987654321",
         "user-42",
