@@ -121,7 +121,8 @@ impl Modify for Conventions {
         TemplateSpec, ScheduleBody, BulkRequest, BulkResponse, BulkResult, EventView, EventList,
         RecipientImport, RecipientInput, TransitionAction, BulkAction, ImportResult, RejectedRow, RecipientView, RecipientPage,
         progress::Progress, ChannelView, ChannelPage, CreateChannel, UpdateChannel, RateLimit, WaitingView,
-        herald_core::send_window::SendWindow, herald_core::send_window::Day)),
+        herald_core::send_window::SendWindow, herald_core::send_window::Day,
+        herald_core::reason::Reason)),
     modifiers(&BearerAuth, &Conventions)
 )]
 #[derive(Debug)]

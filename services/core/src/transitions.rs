@@ -2,7 +2,8 @@
 //!
 //! In one transaction it locks the campaign row (and, for pause, stop and fail,
 //! closes the campaign's claim gate: see [`crate::claim_gate`]), checks the transition table,
-//! updates the projection and its version, appends the event, and commits. After
+//! updates the projection and its version, appends the event, and commits. A stop
+//! or a fail also skips the recipients nobody holds ([`crate::halt`]). After
 //! the commit the outbox fast path publishes the event; the relay covers whatever
 //! the fast path misses (for example while NATS is down).
 
@@ -208,6 +209,11 @@ pub async fn commit_transition(
         return Err(TransitionError::Precondition(
             "recipients are still open".into(),
         ));
+    }
+    // Stop and fail account for every recipient at once (invariant 11): what
+    // nobody holds is skipped here, under the row lock and the closed gate.
+    if let Some(reason) = crate::halt::halt_reason(request.action) {
+        crate::halt::skip_open_recipients(&mut tx, current.id, reason).await?;
     }
     let scheduled_at = request.scheduled_at.or(current.scheduled_at);
     let campaign = update_projection(&mut tx, current.id, to, request.action, scheduled_at).await?;

@@ -2,8 +2,9 @@
 //! crash or a lost message. It re-batches rows held by expired leases (a sender
 //! died), re-packs campaigns whose windowed packing stalled (the batches that
 //! should have asked for more were lost), re-batches pending rows of a fully
-//! packed campaign that made no progress, and completes a campaign left with
-//! nothing open. Campaigns waiting for a send window or a budget are left alone.
+//! packed campaign that made no progress, completes a campaign left with
+//! nothing open, and skips the rows a dead sender held in a stopped campaign.
+//! Campaigns waiting for a send window or a budget are left alone.
 
 use uuid::Uuid;
 
@@ -20,8 +21,17 @@ impl Packer {
     pub async fn sweep(&self) -> Result<usize, sqlx::Error> {
         let pool = &self.inner.pool;
         let mut published = 0;
-        // First forget the leases whose rows were already taken care of (by the
-        // previous sweep's batches, for instance), then re-batch the rest.
+        // Rows a dead sender held in a stopped campaign are skipped, not
+        // re-batched (invariant 11). Then forget the leases whose rows were
+        // already taken care of (by the previous sweep's batches, for
+        // instance), and re-batch the rest.
+        let skipped = skip_stranded_of_halted(pool).await?;
+        if skipped > 0 {
+            tracing::info!(
+                skipped,
+                "sweep skipped rows a dead sender held in stopped campaigns"
+            );
+        }
         drop_spent_leases(pool).await?;
         for (campaign, epoch) in campaigns_with_expired_leases(pool).await? {
             published += self
