@@ -3,12 +3,14 @@
 //! died), re-packs campaigns whose windowed packing stalled (the batches that
 //! should have asked for more were lost), re-batches pending rows of a fully
 //! packed campaign that made no progress, completes a campaign left with
-//! nothing open, and skips the rows a dead sender held in a stopped campaign.
+//! nothing open, skips the rows a dead sender held in a stopped campaign, and
+//! finishes a stop's halt pass whose process died.
 //! Campaigns waiting for a send window or a budget are left alone.
 
 use uuid::Uuid;
 
 use herald_core::contracts::{PackRequest, TriggeredBy};
+use herald_core::halt;
 use herald_core::transitions::complete_if_done;
 
 use crate::store::*;
@@ -39,6 +41,11 @@ impl Packer {
                 .await?;
         }
         let stall = self.inner.config.stall_seconds as f64;
+        // A stop whose process died before its halt pass finished.
+        for campaign in halt::abandoned_halts(pool, stall).await? {
+            tracing::warn!(campaign_id = %campaign, "a stopped campaign's halt pass was abandoned; finishing it");
+            halt::skip_open_recipients(pool, campaign).await?;
+        }
         for (campaign, epoch) in stalled_packing(pool, stall).await? {
             touch_campaign(pool, campaign).await?;
             tracing::warn!(campaign_id = %campaign, "campaign's packing stalled; packing a window again");
