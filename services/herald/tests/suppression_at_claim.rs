@@ -10,6 +10,7 @@
 use std::time::{Duration, Instant};
 
 use herald_core::lifecycle::Status;
+use herald_core::work::StepOutcome;
 use herald_sender::ledger::claim_batch;
 use herald_testkit::*;
 use reqwest::Method;
@@ -205,11 +206,12 @@ async fn an_opt_out_that_lands_mid_campaign_skips_that_recipient_if_not_yet_clai
 }
 
 #[tokio::test]
-async fn a_campaign_whose_every_recipient_is_suppressed_completes_at_once_with_everyone_skipped() {
-    // No request is made, so no dispatch ends a lease: the claim that skipped
-    // them must check completion itself (the stall sweep would take 30 s).
+async fn a_batch_whose_rows_are_all_suppressed_completes_the_campaign_when_they_were_its_last_open_rows()
+ {
+    // No request is made, so no dispatch ends a lease to check completion: the
+    // claim that skipped them must (else the stall sweep would, 30 s later).
     let provider = ProviderDouble::start(Duration::ZERO).await;
-    let stack = Stack::start(1, 1, test_sender_config()).await;
+    let stack = Stack::start(0, 0, test_sender_config()).await;
     let pool = stack.env.pool();
     let id = stack.create_campaign(provider.webhook_channel()).await;
     stack.import(id, 3).await;
@@ -218,9 +220,29 @@ async fn a_campaign_whose_every_recipient_is_suppressed_completes_at_once_with_e
         suppress(&pool, acme, &address(n)).await;
     }
     assert_eq!(stack.transition(id, "start").await.0, 200);
-    stack
-        .wait_for_status(id, Status::Completed, Duration::from_secs(10))
-        .await;
+    // Paging is over (no packer runs here): the batch below is the last one.
+    sqlx::query(
+        "UPDATE campaigns SET packed_epoch = run_epoch, pack_epoch = run_epoch,
+                              pack_cursor = 9223372036854775807 WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let sender = herald_sender::Sender::new(
+        pool.clone(),
+        stack.env.bus().await,
+        "sender-under-test".into(),
+        test_sender_config(),
+    )
+    .unwrap();
+    let outcome = sender.handle_batch(batch(id, 0, i64::MAX), None).await;
+    assert!(matches!(outcome, StepOutcome::Ack), "{outcome:?}");
+    assert_eq!(
+        stack.campaign(id).await["status"],
+        "completed",
+        "the claim that skipped the last open rows completes the campaign"
+    );
     assert_eq!(provider.request_count(), 0);
     let body = assert_every_fate_accounted(&stack.client, &pool, id).await;
     assert_eq!(body["reasons"], json!({"suppressed": 3}), "{body}");
