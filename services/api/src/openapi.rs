@@ -292,4 +292,36 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn reason_codes_are_one_enum_for_the_filter_the_recipient_and_the_campaign_counts() {
+        let doc = document();
+        let codes: Vec<&str> = herald_core::reason::Reason::ALL
+            .map(|r| r.as_str())
+            .to_vec();
+        assert_eq!(schema(&doc, "Reason")["enum"], serde_json::json!(codes));
+        let filter = param(
+            &doc["paths"]["/v1/campaigns/{id}/recipients"]["get"],
+            "reason",
+        );
+        assert!(
+            filter["schema"]
+                .to_string()
+                .contains("#/components/schemas/Reason"),
+            "{filter}"
+        );
+        let recipient = &schema(&doc, "RecipientView")["properties"]["reason"];
+        assert!(
+            recipient
+                .to_string()
+                .contains("#/components/schemas/Reason"),
+            "{recipient}"
+        );
+        let reasons = &schema(&doc, "CampaignView")["properties"]["reasons"];
+        assert_eq!(reasons["type"], "object", "{reasons}");
+        assert!(
+            reasons["additionalProperties"]["type"] == "integer",
+            "{reasons}"
+        );
+    }
 }
