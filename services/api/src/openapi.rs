@@ -129,7 +129,8 @@ impl Modify for Conventions {
         progress::Progress, ChannelView, ChannelPage, CreateChannel, UpdateChannel, RateLimit, WaitingView,
         herald_core::send_window::SendWindow, herald_core::send_window::Day,
         herald_core::address::AddressKind, herald_core::channel::ChannelConfig,
-        SuppressionImport, SuppressionInput, SuppressionResult, SuppressionView, SuppressionPage)),
+        SuppressionImport, SuppressionInput, SuppressionResult, SuppressionView, SuppressionPage,
+        herald_core::reason::Reason)),
     modifiers(&BearerAuth, &Conventions)
 )]
 #[derive(Debug)]
@@ -342,5 +343,37 @@ mod tests {
                 "{path}: no pattern"
             );
         }
+    }
+
+    #[test]
+    fn reason_codes_are_one_enum_for_the_filter_the_recipient_and_the_campaign_counts() {
+        let doc = document();
+        let codes: Vec<&str> = herald_core::reason::Reason::ALL
+            .map(|r| r.as_str())
+            .to_vec();
+        assert_eq!(schema(&doc, "Reason")["enum"], serde_json::json!(codes));
+        let filter = param(
+            &doc["paths"]["/v1/campaigns/{id}/recipients"]["get"],
+            "reason",
+        );
+        assert!(
+            filter["schema"]
+                .to_string()
+                .contains("#/components/schemas/Reason"),
+            "{filter}"
+        );
+        let recipient = &schema(&doc, "RecipientView")["properties"]["reason"];
+        assert!(
+            recipient
+                .to_string()
+                .contains("#/components/schemas/Reason"),
+            "{recipient}"
+        );
+        let reasons = &schema(&doc, "CampaignView")["properties"]["reasons"];
+        assert_eq!(reasons["type"], "object", "{reasons}");
+        assert!(
+            reasons["additionalProperties"]["type"] == "integer",
+            "{reasons}"
+        );
     }
 }

@@ -1,11 +1,14 @@
 //! Response and request bodies of the HTTP API (also the OpenAPI schemas).
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use herald_core::address::AddressKind;
 use herald_core::campaigns::{Campaign, Counters};
 use herald_core::channel::ChannelConfig;
 use herald_core::channels::ChannelRow;
 use herald_core::lifecycle::Status;
+use herald_core::reason::Reason;
 use herald_core::send_window::SendWindow;
 use herald_core::template::MessageTemplate;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -111,6 +114,12 @@ pub struct CampaignView {
     /// not waiting.
     pub waiting: Option<WaitingView>,
     pub counters: Counters,
+    /// Failed and skipped recipients counted by reason code (the codes of
+    /// `reason` on a recipient); only codes with a non-zero count appear, `{}`
+    /// when none do. Maintained with the counters, not counted from the ledger
+    /// on each read.
+    #[schema(value_type = std::collections::BTreeMap<Reason, i64>, example = json!({"suppressed": 2, "campaign_stopped": 40}))]
+    pub reasons: BTreeMap<String, i64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -140,6 +149,7 @@ impl From<Campaign> for CampaignView {
             send_window: c.send_window.and_then(|w| serde_json::from_value(w).ok()),
             waiting,
             counters: c.counters,
+            reasons: c.reasons,
             created_at: c.created_at,
             updated_at: c.updated_at,
             started_at: c.started_at,
@@ -336,7 +346,13 @@ pub struct RecipientView {
     #[schema(value_type = Object)]
     pub variables: serde_json::Value,
     pub status: String,
+    /// Why a `failed` or `skipped` recipient ended so, as a code; null otherwise.
+    #[schema(value_type = Option<Reason>)]
+    pub reason: Option<String>,
+    /// Provider requests made for this recipient, across every run.
     pub attempts: i32,
+    /// Why it failed or was skipped, for people (beside `reason`). A pending
+    /// recipient may keep its last transient error from before a pause.
     pub last_error: Option<String>,
     pub provider_message_id: Option<String>,
     pub sent_at: Option<DateTime<Utc>>,
@@ -357,6 +373,11 @@ pub struct RecipientQuery {
     /// pending, sending, sent, failed or skipped.
     #[param(pattern = "^(pending|sending|sent|failed|skipped)$")]
     pub status: Option<String>,
+    /// Only recipients with this reason code (failed or skipped ones): one of
+    /// suppressed, campaign_stopped, campaign_failed, invalid_address,
+    /// template_error, provider_rejected, retries_exhausted, bounced.
+    #[param(value_type = Option<Reason>)]
+    pub reason: Option<String>,
     /// The `next_cursor` of the previous page, passed back unchanged: the id of
     /// the last recipient seen (decimal digits); anything else is a 422.
     #[param(pattern = "^[0-9]+$")]

@@ -1,5 +1,7 @@
 //! The campaign projection row and the reads every service shares.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{PgExecutor, Row};
@@ -30,6 +32,9 @@ pub struct Campaign {
     /// (`campaign_waits`); None when it is not waiting.
     pub waiting: Option<Waiting>,
     pub counters: Counters,
+    /// Failed and skipped recipients by reason code (`crate::reason::Reason`
+    /// names; only non-zero counts), from `campaign_reason_counts`.
+    pub reasons: BTreeMap<String, i64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -64,7 +69,8 @@ pub struct Counters {
 /// claims, marks and releases write; see migrations/0002_hot_ledger.sql).
 /// `channel` is the config of the campaign's channel row (the campaign's own
 /// `channel` column is legacy and no longer written), and `waiting_reason` /
-/// `waiting_until` come from `campaign_waits`.
+/// `waiting_until` come from `campaign_waits`, and `reasons` (a JSON object of
+/// counts by reason code) from `campaign_reason_counts` (migration 0008).
 pub const CAMPAIGN_COLUMNS: &str = "id, tenant_id, name, channel_id, \
     (SELECT ch.config FROM channels ch WHERE ch.id = campaigns.channel_id) AS channel, \
     template, status, version, run_epoch, \
@@ -76,7 +82,11 @@ pub const CAMPAIGN_COLUMNS: &str = "id, tenant_id, name, channel_id, \
     sending_count + (SELECT coalesce(sum(d.sending), 0)::bigint FROM campaign_counter_deltas d WHERE d.campaign_id = campaigns.id) AS sending_count, \
     sent_count + (SELECT coalesce(sum(d.sent), 0)::bigint FROM campaign_counter_deltas d WHERE d.campaign_id = campaigns.id) AS sent_count, \
     failed_count + (SELECT coalesce(sum(d.failed), 0)::bigint FROM campaign_counter_deltas d WHERE d.campaign_id = campaigns.id) AS failed_count, \
-    skipped_count, created_at, updated_at, started_at, finished_at";
+    skipped_count + (SELECT coalesce(sum(d.skipped), 0)::bigint FROM campaign_counter_deltas d WHERE d.campaign_id = campaigns.id) AS skipped_count, \
+    (SELECT coalesce(jsonb_object_agg(x.reason, x.n), '{}'::jsonb) \
+     FROM (SELECT rc.reason, sum(rc.count)::bigint AS n FROM campaign_reason_counts rc \
+           WHERE rc.campaign_id = campaigns.id GROUP BY rc.reason HAVING sum(rc.count) <> 0) x) AS reasons, \
+    created_at, updated_at, started_at, finished_at";
 
 impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Campaign {
     fn from_row(row: &'r sqlx::postgres::PgRow) -> Result<Self, sqlx::Error> {
@@ -116,6 +126,8 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Campaign {
                 failed: row.try_get("failed_count")?,
                 skipped: row.try_get("skipped_count")?,
             },
+            reasons: serde_json::from_value(row.try_get::<serde_json::Value, _>("reasons")?)
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
             started_at: row.try_get("started_at")?,

@@ -1,6 +1,7 @@
 //! Herald core: everything the api, packer and sender share.
 //!
-//! The campaign lifecycle (`lifecycle`, `transitions`), the bus contracts
+//! The campaign lifecycle (`lifecycle`, `transitions`), why a recipient failed or was skipped
+//! (`reason`), the bus contracts
 //! (`contracts`), the JetStream layout (`bus`), the outbox relay (`outbox`), the
 //! recipient ledger (`ledger`), and the consumer loops that every worker runs
 //! (`work`, `control`, on the self-healing pulls of `pull`). Tenants' suppression lists
@@ -17,10 +18,12 @@ pub mod config;
 pub mod contracts;
 pub mod control;
 pub mod db;
+pub mod halt;
 pub mod installation;
 pub mod lifecycle;
 pub mod outbox;
 pub mod pull;
+pub mod reason;
 pub mod send_window;
 pub mod subjects;
 pub mod suppressions;

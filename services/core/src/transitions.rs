@@ -2,7 +2,9 @@
 //!
 //! In one transaction it locks the campaign row (and, for pause, stop and fail,
 //! closes the campaign's claim gate: see [`crate::claim_gate`]), checks the transition table,
-//! updates the projection and its version, appends the event, and commits. After
+//! updates the projection and its version, appends the event, and commits. A stop
+//! or a fail also records a halt, whose pass skips the recipients nobody holds
+//! right after the commit ([`crate::halt`]). After
 //! the commit the outbox fast path publishes the event; the relay covers whatever
 //! the fast path misses (for example while NATS is down).
 
@@ -209,6 +211,11 @@ pub async fn commit_transition(
             "recipients are still open".into(),
         ));
     }
+    // Stop and fail account for every recipient (invariant 11): the halt
+    // commits with the status, and its pass skips the open rows after the commit.
+    if let Some(reason) = crate::halt::halt_reason(request.action) {
+        crate::halt::record_halt(&mut tx, current.id, reason).await?;
+    }
     let scheduled_at = request.scheduled_at.or(current.scheduled_at);
     let campaign = update_projection(&mut tx, current.id, to, request.action, scheduled_at).await?;
     let triggered_by = match (request.action, current.status) {
@@ -267,6 +274,9 @@ impl Lifecycle {
         // guarantees delivery, so a NATS outage never fails the caller.
         self.outbox.publish_fast(done.campaign.id).await;
         let published = Instant::now();
+        if crate::halt::halt_reason(request.action).is_some() {
+            self.spawn_halt_pass(done.campaign.id);
+        }
         metrics::histogram!("herald_transition_seconds", "action" => action, "phase" => "commit")
             .record(committed - started);
         metrics::histogram!("herald_transition_seconds", "action" => action, "phase" => "publish")
@@ -279,6 +289,23 @@ impl Lifecycle {
             "transition applied"
         );
         Ok(done)
+    }
+}
+
+impl Lifecycle {
+    /// Skips a halted campaign's open rows in the background, so the stop
+    /// answers at once whatever the campaign's size ([`crate::halt`]). If this
+    /// process dies first, the packer's sweep finishes the pass.
+    fn spawn_halt_pass(&self, campaign: Uuid) {
+        let pool = self.pool.clone();
+        tokio::spawn(async move {
+            match crate::halt::skip_open_recipients(&pool, campaign).await {
+                Ok(skipped) => tracing::info!(campaign_id = %campaign, skipped, "halt pass done"),
+                Err(error) => {
+                    tracing::warn!(campaign_id = %campaign, %error, "halt pass failed; the sweep will finish it")
+                }
+            }
+        });
     }
 }
 

@@ -328,6 +328,7 @@ async fn adversarial_payloads_on_every_consumed_subject_are_dead_lettered_and_th
     assert_counters_match_ledger(&stack.env.pool(), id, &body).await;
     assert_eq!(provider.per_key().len(), 300);
     assert!(provider.per_key().values().all(|n| *n == 1));
+    assert_every_fate_accounted(&stack.client, &stack.env.pool(), id).await;
 
     // Exactly the expected dead letters: none for the valid foreign messages, none
     // twice, each with its reason, and each terminated on its first delivery.

@@ -50,7 +50,8 @@ async fn a_pause_waits_for_the_claim_in_progress_and_a_later_claim_waits_for_the
         i64::MAX,
     )
     .await
-    .unwrap();
+    .unwrap()
+    .rows;
     assert_eq!(taken.len() as i64, middle - lowest + 1);
 
     // The pause waits for it.
@@ -68,7 +69,11 @@ async fn a_pause_waits_for_the_claim_in_progress_and_a_later_claim_waits_for_the
     // would pass the waiting pause (share locks do not queue) and claim its rows.
     let later = tokio::spawn({
         let (pool, batch) = (pool.clone(), batch(id, middle + 1, highest));
-        async move { claim_batch(&pool, &batch, Uuid::new_v4(), 30.0, i64::MAX).await }
+        async move {
+            claim_batch(&pool, &batch, Uuid::new_v4(), 30.0, i64::MAX)
+                .await
+                .map(|c| c.rows)
+        }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(

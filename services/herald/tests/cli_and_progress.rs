@@ -315,6 +315,7 @@ async fn the_cli_creates_a_campaign_imports_a_csv_file_starts_it_and_shows_its_c
     let watched = herald(&env, &["campaign", "watch", &id]).await;
     assert_eq!(watched.code, 0, "{watched:?}");
     assert!(watched.stdout.contains("completed: 50 sent"), "{watched:?}");
+    assert_every_fate_accounted(&stack.client, &stack.env.pool(), id.parse().unwrap()).await;
     stack.stop().await;
 }
 

@@ -72,13 +72,7 @@ async fn sending_without_workers(channel: serde_json::Value, recipients: usize) 
 
 /// A recipient the provider accepted on the first attempt.
 fn sent_outcome(id: i64) -> herald_sender::ledger::RecipientOutcome {
-    herald_sender::ledger::RecipientOutcome {
-        id,
-        sent: true,
-        provider_message_id: None,
-        error: None,
-        attempts: 1,
-    }
+    herald_sender::ledger::RecipientOutcome::sent(id, None, 1)
 }
 
 fn assert_each_recipient_sent_once(provider: &ProviderDouble, expected: usize) {
@@ -140,6 +134,7 @@ async fn twenty_thousand_recipients_reach_the_provider_exactly_once_across_three
             .collect()
     };
     assert!(replicas.len() >= 2, "batches were handled by {replicas:?}");
+    assert_every_fate_accounted(&stack.client, &stack.env.pool(), id).await;
     stack.stop().await;
 }
 
@@ -216,6 +211,7 @@ async fn a_pause_reaches_every_replica_stops_claims_at_once_and_resume_sends_exa
         .await;
     assert_each_recipient_sent_once(&provider, 3_000);
     assert_counters_match_ledger(&stack.env.pool(), id, &body).await;
+    assert_every_fate_accounted(&stack.client, &stack.env.pool(), id).await;
     stack.stop().await;
 }
 
@@ -247,11 +243,18 @@ async fn a_stop_in_mid_flight_is_final() {
         after_stop,
         "no send follows a stop"
     );
-    let body = stack.campaign(id).await;
+    let body = assert_every_fate_accounted(&stack.client, &stack.env.pool(), id).await;
     assert_eq!(body["status"], "stopped");
     assert_eq!(body["counters"]["sending"], 0);
-    assert!(body["counters"]["pending"].as_i64().unwrap() > 0);
-    assert_counters_match_ledger(&stack.env.pool(), id, &body).await;
+    assert_eq!(
+        body["counters"]["pending"], 0,
+        "a stop leaves nothing pending"
+    );
+    assert!(body["counters"]["skipped"].as_i64().unwrap() > 0);
+    assert_eq!(
+        body["reasons"]["campaign_stopped"],
+        body["counters"]["skipped"]
+    );
     stack.stop().await;
 }
 
@@ -301,6 +304,7 @@ async fn forged_control_messages_change_no_state_and_cause_no_send() {
         "only the completion changed state"
     );
     assert_each_recipient_sent_once(&provider, 1_000);
+    assert_every_fate_accounted(&stack.client, &stack.env.pool(), sending).await;
 
     // A forged resume while Postgres says paused: nothing is sent.
     let paused = stack.create_campaign(provider.webhook_channel()).await;
@@ -377,6 +381,8 @@ async fn provider_failures_are_retried_or_recorded_as_the_contract_says() {
         .map(|r| r.idempotency_key.clone())
         .collect();
     assert_eq!(first.len(), 1);
+    let body = assert_every_fate_accounted(&stack.client, &stack.env.pool(), id).await;
+    assert_eq!(body["reasons"], json!({"provider_rejected": 1}));
     stack.stop().await;
 }
 
@@ -480,6 +486,7 @@ async fn with_the_fast_path_off_a_resume_sends_the_rest_at_once_although_senders
     assert!(provider.requests().len() > before_resume);
     assert_each_recipient_sent_once(&provider, 10_000);
     assert_counters_match_ledger(&stack.env.pool(), id, &body).await;
+    assert_every_fate_accounted(&stack.client, &stack.env.pool(), id).await;
     stack.stop().await;
 }
 
@@ -530,6 +537,7 @@ async fn a_malformed_send_batch_is_dead_lettered_and_the_sender_keeps_working() 
     let info = consumer.info().await.unwrap();
     assert_eq!(info.num_ack_pending, 0);
     assert_eq!(info.num_pending, 0);
+    assert_every_fate_accounted(&stack.client, &stack.env.pool(), id).await;
     stack.stop().await;
 }
 
@@ -557,6 +565,7 @@ async fn a_claim_that_races_a_pause_waits_for_it_and_then_claims_nothing() {
             herald_sender::ledger::claim_batch(&pool, &batch, Uuid::new_v4(), 30.0, i64::MAX)
                 .await
                 .unwrap()
+                .rows
         }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -577,11 +586,13 @@ async fn a_claim_that_races_a_pause_waits_for_it_and_then_claims_nothing() {
         .unwrap();
     let claimed = herald_sender::ledger::claim_batch(&pool, &batch, Uuid::new_v4(), 30.0, i64::MAX)
         .await
-        .unwrap();
+        .unwrap()
+        .rows;
     assert_eq!(claimed.len(), 50);
     let again = herald_sender::ledger::claim_batch(&pool, &batch, Uuid::new_v4(), 30.0, i64::MAX)
         .await
-        .unwrap();
+        .unwrap()
+        .rows;
     assert!(
         again.is_empty(),
         "rows under a live lease are never claimed twice"
@@ -602,7 +613,8 @@ async fn a_batch_claims_at_most_twice_its_declared_size_whatever_its_id_range() 
         i64::MAX,
     )
     .await
-    .unwrap();
+    .unwrap()
+    .rows;
     assert_eq!(claimed.len(), 10);
     stack.stop().await;
 }
@@ -618,7 +630,8 @@ async fn rows_held_by_a_sender_that_died_are_sent_once_after_the_sweep_finds_its
     let dead_token = Uuid::new_v4();
     let claimed = herald_sender::ledger::claim_batch(&pool, &batch, dead_token, 0.5, i64::MAX)
         .await
-        .unwrap();
+        .unwrap()
+        .rows;
     assert_eq!(claimed.len(), 40);
     // The epoch counts as fully paged, so only the sweep can bring the rows back.
     sqlx::query(
@@ -652,6 +665,7 @@ async fn rows_held_by_a_sender_that_died_are_sent_once_after_the_sweep_finds_its
         },
     )
     .await;
+    assert_every_fate_accounted(&stack.client, &pool, id).await;
     workers.stop().await;
     stack.stop().await;
 }
@@ -667,7 +681,8 @@ async fn outcomes_wait_to_share_one_write_until_a_full_group_is_queued_or_the_li
     let batch = batch_spanning_campaign(id, FULL_GROUP as i64 + 1);
     let claimed = claim_batch(&pool, &batch, token, 30.0, i64::MAX)
         .await
-        .unwrap();
+        .unwrap()
+        .rows;
     assert_eq!(claimed.len(), FULL_GROUP + 1);
     let marked = || async {
         sqlx::query_scalar::<_, i64>(
@@ -730,12 +745,17 @@ async fn a_claim_that_meets_rows_another_claim_is_taking_waits_and_then_claims_n
     let mut first = pool.begin().await.unwrap();
     let taken = claim_batch_in(&mut first, &batch, Uuid::new_v4(), 30.0, i64::MAX)
         .await
-        .unwrap();
+        .unwrap()
+        .rows;
     assert_eq!(taken.len(), 200);
     // A duplicate of the batch arrives meanwhile on another connection.
     let second = tokio::spawn({
         let (pool, batch) = (pool.clone(), batch.clone());
-        async move { claim_batch(&pool, &batch, Uuid::new_v4(), 30.0, i64::MAX).await }
+        async move {
+            claim_batch(&pool, &batch, Uuid::new_v4(), 30.0, i64::MAX)
+                .await
+                .map(|c| c.rows)
+        }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
@@ -787,7 +807,8 @@ async fn the_sweep_completes_a_campaign_whose_last_completion_check_never_ran() 
         i64::MAX,
     )
     .await
-    .unwrap();
+    .unwrap()
+    .rows;
     let outcomes: Vec<_> = claimed.iter().map(|row| sent_outcome(row.id)).collect();
     assert_eq!(
         mark_outcomes(&pool, id, token, &outcomes).await.unwrap(),
@@ -817,5 +838,6 @@ async fn the_sweep_completes_a_campaign_whose_last_completion_check_never_ran() 
         .wait_for_status(id, Status::Completed, Duration::from_secs(10))
         .await;
     assert_counters_match_ledger(&pool, id, &body).await;
+    assert_every_fate_accounted(&stack.client, &pool, id).await;
     stack.stop().await;
 }

@@ -126,6 +126,9 @@ async fn each_transition_commits_its_event_and_publishes_it_with_the_event_id_as
         [1, 2],
         "start and resume each open an epoch and ask for packing"
     );
+    // No worker ran: the stop skipped all three recipients.
+    let body = assert_every_fate_accounted(&stack.client, &stack.env.pool(), id).await;
+    assert_eq!(body["reasons"], json!({"campaign_stopped": 3}), "{body}");
     stack.stop().await;
 }
 

@@ -16,8 +16,8 @@ use herald_core::lifecycle::Status;
 use herald_testkit::cluster::{consumer_leader, nats_server_version, pip_nats_server};
 use herald_testkit::faults::{ProcessStack, repeated_keys, wait_until};
 use herald_testkit::{
-    NatsCluster, NatsServer, ProviderDouble, Stack, TestEnv, free_port, nats_server_binary,
-    test_packer_config, test_sender_config,
+    NatsCluster, NatsServer, ProviderDouble, Stack, TestEnv, assert_every_fate_accounted,
+    free_port, nats_server_binary, test_packer_config, test_sender_config,
 };
 use reqwest::Method;
 use serde_json::json;
@@ -249,6 +249,7 @@ async fn a_comma_separated_nats_url_serves_every_service_and_the_cli() {
         .wait_for_status(id, Status::Completed, Duration::from_secs(60))
         .await;
     assert_eq!(body["counters"]["sent"], 50, "{body}");
+    assert_every_fate_accounted(&stack.client, &stack.pool(), id).await;
     let output = stack.env.run_to_completion(herald(), &["dlq", "list"]);
     assert!(output.status.success());
 }

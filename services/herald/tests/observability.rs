@@ -233,6 +233,7 @@ async fn metrics_serves_the_prometheus_text_format_with_the_documented_families_
         campaign["counters"]["sent"], RECIPIENTS as u64,
         "{campaign}"
     );
+    assert_every_fate_accounted(&stack.client, &stack.env.pool(), id).await;
 
     // The resume reaches every replica too (it is applied before the campaign
     // can complete, but the scrape must not race the histogram's recording).

@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use herald_sender::status_cache::StatusCache;
 use herald_testkit::faults::{ProcessStack, Role, wait_until};
-use herald_testkit::{NatsServer, ProviderDouble, Stack, test_sender_config};
+use herald_testkit::{
+    NatsServer, ProviderDouble, Stack, assert_every_fate_accounted, test_sender_config,
+};
 use tokio::sync::{Notify, oneshot};
 use uuid::Uuid;
 
@@ -261,6 +263,9 @@ async fn fifty_pauses_at_random_moments_start_no_request_more_than_250_ms_after_
     }
     eprintln!("{pauses} pauses: the latest request started {worst:?} after its pause response");
     assert_sent_once(&stack, &provider).await;
+    // A stop ends it: everyone sent, failed or skipped (invariant 11).
+    assert_eq!(stack.transition(id, "stop").await.0, 200);
+    assert_every_fate_accounted(&stack.client, &stack.pool(), id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -275,6 +280,7 @@ async fn fifty_stops_at_random_moments_start_no_request_more_than_250_ms_after_t
     // once, and the oldest is stopped at a random moment: stops land on
     // campaigns of every age, long after the senders first read their status.
     let mut running = std::collections::VecDeque::new();
+    let mut ended = Vec::new();
     let (mut stopped, mut rounds) = (0, 0);
     while stopped < stops {
         rounds += 1;
@@ -286,6 +292,7 @@ async fn fifty_stops_at_random_moments_start_no_request_more_than_250_ms_after_t
             running.push_back(started_campaign(&stack, &provider, 20_000).await);
         }
         let id = running.pop_front().expect("a running campaign");
+        ended.push(id);
         wait_for_campaign_requests(&provider, id, 150).await;
         tokio::time::sleep(Duration::from_millis(rand::random_range(
             0..STATUS_TTL.as_millis() as u64,
@@ -309,4 +316,9 @@ async fn fifty_stops_at_random_moments_start_no_request_more_than_250_ms_after_t
     }
     eprintln!("{stops} stops: the latest request started {worst:?} after its stop response");
     assert_sent_once(&stack, &provider).await;
+    // Stopped or completed, every campaign accounts for every recipient.
+    let pool = stack.pool();
+    for id in ended {
+        assert_every_fate_accounted(&stack.client, &pool, id).await;
+    }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use chrono::{Timelike, Utc};
 use herald_core::lifecycle::Status;
 use herald_testkit::faults::{ProcessStack, repeated_keys, wait_until};
-use herald_testkit::{NatsServer, ProviderDouble, RecordedRequest};
+use herald_testkit::{NatsServer, ProviderDouble, RecordedRequest, assert_every_fate_accounted};
 use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -131,6 +131,10 @@ async fn two_campaigns_on_a_20_per_second_channel_never_exceed_it_across_three_s
             .unwrap()
     };
     assert!(first_of(second) < last_of(first) && first_of(first) < last_of(second));
+    let pool = stack.pool();
+    for campaign in [first, second] {
+        assert_every_fate_accounted(&stack.client, &pool, campaign).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,6 +167,7 @@ async fn a_campaign_cap_of_2_per_second_holds_across_three_senders() {
     // with an injected clock, and `herald-bench rate` measures it.
     let (_, rate) = worst_second_and_rate(&provider.requests());
     eprintln!("achieved {rate:.2}/s of 2/s");
+    assert_every_fate_accounted(&stack.client, &stack.pool(), id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,6 +199,16 @@ async fn a_small_campaign_started_behind_a_throttled_one_completes_within_two_se
     let body = stack.campaign(big).await;
     assert_eq!(body["status"], "sending");
     assert_eq!(body["waiting"]["reason"], "rate_limit", "{body}");
+    let pool = stack.pool();
+    assert_every_fate_accounted(&stack.client, &pool, small).await;
+    // Stopping the throttled one (rows claimed and waiting for their start
+    // times among them) leaves everyone accounted for as well.
+    assert_eq!(stack.transition(big, "stop").await.0, 200);
+    let body = assert_every_fate_accounted(&stack.client, &pool, big).await;
+    assert!(
+        body["reasons"]["campaign_stopped"].as_i64() > Some(0),
+        "{body}"
+    );
 }
 
 /// A send window that opens at the start of the next whole minute (UTC) that is
@@ -273,6 +288,7 @@ async fn a_closed_send_window_sends_nothing_says_so_obeys_pause_and_resume_and_o
     );
     assert_eq!(provider.per_key().len(), 50, "{body}");
     assert!(body["waiting"].is_null(), "{body}");
+    assert_every_fate_accounted(&stack.client, &stack.pool(), id).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,9 @@
 //! The packer's statements on Postgres: where a campaign's paging stands, the
 //! next page, the cursor, and what the sweep looks for.
 
+use herald_core::halt::halt_message;
 use herald_core::lifecycle::Status;
+use herald_core::reason::Reason;
 use sqlx::{PgExecutor, PgPool, Row};
 use uuid::Uuid;
 
@@ -149,12 +151,16 @@ pub(crate) async fn campaigns_with_expired_leases(
 
 /// Deletes expired lease rows that guard nothing any more: every row they
 /// covered was marked, released or claimed again under another lease, or the
-/// campaign is no longer sending (a resume re-pages whatever is left open).
+/// campaign is paused or not started (a resume re-pages whatever is left open,
+/// and a stop skips rows under expired leases itself). A stopped or failed
+/// campaign's lease rows stay until [`skip_stranded_of_halted`] has skipped
+/// their rows.
 pub(crate) async fn drop_spent_leases(pool: &PgPool) -> Result<u64, sqlx::Error> {
     Ok(sqlx::query(
         "DELETE FROM recipient_leases l
          WHERE l.expires_at < now() AND (
-             NOT EXISTS (SELECT 1 FROM campaigns c WHERE c.id = l.campaign_id AND c.status = 'sending')
+             NOT EXISTS (SELECT 1 FROM campaigns c WHERE c.id = l.campaign_id
+                         AND c.status IN ('sending', 'stopped', 'failed'))
              OR NOT EXISTS (
                  SELECT 1 FROM recipients r
                  WHERE r.campaign_id = l.campaign_id AND r.id BETWEEN l.first_id AND l.last_id
@@ -163,6 +169,48 @@ pub(crate) async fn drop_spent_leases(pool: &PgPool) -> Result<u64, sqlx::Error>
     .execute(pool)
     .await?
     .rows_affected())
+}
+
+/// Skips the rows that a sender held under a lease that has expired when their
+/// campaign is stopped or failed: the sender died after the stop, before it
+/// could mark or release them. They get the halt's reason, like the rows the
+/// stop itself skipped (`herald_core::halt`), and move from sending to skipped
+/// in counter shard 0. Returns how many rows it skipped.
+pub(crate) async fn skip_stranded_of_halted(pool: &PgPool) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH cand AS (
+             SELECT r.campaign_id, r.id, c.status FROM recipient_leases l
+             JOIN campaigns c ON c.id = l.campaign_id AND c.status IN ('stopped', 'failed')
+             JOIN recipients r ON r.campaign_id = l.campaign_id AND r.id BETWEEN l.first_id AND l.last_id
+                              AND r.lease_token = l.lease_token
+             WHERE l.expires_at < now() AND r.status = 'sending' AND r.lease_expires_at < now()
+         ), skipped AS (
+             UPDATE recipients r SET status = 'skipped',
+                    reason = CASE cand.status WHEN 'stopped' THEN 'campaign_stopped' ELSE 'campaign_failed' END,
+                    last_error = CASE cand.status WHEN 'stopped' THEN $1 ELSE $2 END,
+                    lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+             FROM cand WHERE r.campaign_id = cand.campaign_id AND r.id = cand.id
+               AND r.status = 'sending' AND r.lease_expires_at < now()
+             RETURNING r.campaign_id, r.reason
+         ), counted AS (
+             INSERT INTO campaign_counter_deltas AS d (campaign_id, shard, sending, skipped)
+             SELECT campaign_id, 0, -count(*), count(*) FROM skipped
+             GROUP BY campaign_id ORDER BY campaign_id
+             ON CONFLICT (campaign_id, shard) DO UPDATE SET
+                 sending = d.sending + excluded.sending, skipped = d.skipped + excluded.skipped,
+                 updated_at = now()
+         ), reasons AS (
+             INSERT INTO campaign_reason_counts AS rc (campaign_id, shard, reason, count)
+             SELECT campaign_id, 0, reason, count(*) FROM skipped
+             GROUP BY campaign_id, reason ORDER BY campaign_id, reason
+             ON CONFLICT (campaign_id, shard, reason) DO UPDATE SET count = rc.count + excluded.count
+         )
+         SELECT count(*) FROM skipped",
+    )
+    .bind(halt_message(Reason::CampaignStopped))
+    .bind(halt_message(Reason::CampaignFailed))
+    .fetch_one(pool)
+    .await
 }
 
 /// Which rows a sweep re-batches.

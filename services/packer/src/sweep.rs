@@ -2,12 +2,15 @@
 //! crash or a lost message. It re-batches rows held by expired leases (a sender
 //! died), re-packs campaigns whose windowed packing stalled (the batches that
 //! should have asked for more were lost), re-batches pending rows of a fully
-//! packed campaign that made no progress, and completes a campaign left with
-//! nothing open. Campaigns waiting for a send window or a budget are left alone.
+//! packed campaign that made no progress, completes a campaign left with
+//! nothing open, skips the rows a dead sender held in a stopped campaign, and
+//! finishes a stop's halt pass whose process died.
+//! Campaigns waiting for a send window or a budget are left alone.
 
 use uuid::Uuid;
 
 use herald_core::contracts::{PackRequest, TriggeredBy};
+use herald_core::halt;
 use herald_core::transitions::complete_if_done;
 
 use crate::store::*;
@@ -20,8 +23,17 @@ impl Packer {
     pub async fn sweep(&self) -> Result<usize, sqlx::Error> {
         let pool = &self.inner.pool;
         let mut published = 0;
-        // First forget the leases whose rows were already taken care of (by the
-        // previous sweep's batches, for instance), then re-batch the rest.
+        // Rows a dead sender held in a stopped campaign are skipped, not
+        // re-batched (invariant 11). Then forget the leases whose rows were
+        // already taken care of (by the previous sweep's batches, for
+        // instance), and re-batch the rest.
+        let skipped = skip_stranded_of_halted(pool).await?;
+        if skipped > 0 {
+            tracing::info!(
+                skipped,
+                "sweep skipped rows a dead sender held in stopped campaigns"
+            );
+        }
         drop_spent_leases(pool).await?;
         for (campaign, epoch) in campaigns_with_expired_leases(pool).await? {
             published += self
@@ -29,6 +41,11 @@ impl Packer {
                 .await?;
         }
         let stall = self.inner.config.stall_seconds as f64;
+        // A stop whose process died before its halt pass finished.
+        for campaign in halt::abandoned_halts(pool, stall).await? {
+            tracing::warn!(campaign_id = %campaign, "a stopped campaign's halt pass was abandoned; finishing it");
+            halt::skip_open_recipients(pool, campaign).await?;
+        }
         for (campaign, epoch) in stalled_packing(pool, stall).await? {
             touch_campaign(pool, campaign).await?;
             tracing::warn!(campaign_id = %campaign, "campaign's packing stalled; packing a window again");

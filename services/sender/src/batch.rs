@@ -5,7 +5,8 @@
 //! 3. How much may it send now? Reserve a slice of its budget; none: hand the
 //!    batch back until the next token.
 //! 4. Claim only that many rows of the batch's range, dispatch them on their
-//!    start times, record the outcomes, release what a pause left unsent.
+//!    start times, record the outcomes, release what a pause or stop left
+//!    unsent.
 //! 5. Rows left in the range: hand the batch back for the next slice. None: the
 //!    batch is done; ask the packer for the campaign's next batch.
 //!
@@ -25,7 +26,7 @@ use uuid::Uuid;
 
 use crate::budget::{self, WaitReason};
 use crate::deliver::Dispatched;
-use crate::ledger::{self, ClaimedRecipient};
+use crate::ledger::{self, Claimed, ClaimedRecipient};
 use crate::plan::CampaignPlan;
 use crate::{LogFailure as _, Sender};
 
@@ -139,24 +140,23 @@ impl Sender {
         let lease_token = Uuid::new_v4();
         let lease = self.inner.config.lease_seconds;
         let limit = slice.tokens.len() as i64;
-        let Some(claimed) =
-            ledger::claim_batch(&self.inner.pool, &batch, lease_token, lease, limit)
-                .await
-                .log_failure(campaign, "claim failed")
+        let Some(Claimed {
+            rows: claimed,
+            suppressed,
+        }) = ledger::claim_batch(&self.inner.pool, &batch, lease_token, lease, limit)
+            .await
+            .log_failure(campaign, "claim failed")
         else {
             return retry_soon();
         };
         if claimed.is_empty() {
-            if plan.budgeted {
-                // The range ran out on a slice boundary: the delivery before this
-                // one claimed its last rows in the background and could not know.
-                let id = format!("more-{}-{}", batch.message_id(), batch.last_recipient_id);
-                self.ask_for_next_batch(campaign, batch.run_epoch, &id)
-                    .await;
-            }
-            return StepOutcome::Ack;
+            return self
+                .nothing_claimed(&batch, &plan, suppressed, lease_token)
+                .await;
         }
-        if claimed.len() == slice.tokens.len() && plan.budgeted {
+        // Suppressed rows the claim skipped used up tokens of the slice too.
+        let taken = claimed.len() + usize::try_from(suppressed).unwrap_or(0);
+        if taken >= slice.tokens.len() && plan.budgeted {
             // More rows may wait in this range: hand it back for the next slice
             // now, while these rows go out on their start times, so the slices
             // of a lone batch follow each other at the budget's pace instead of
@@ -190,6 +190,43 @@ impl Sender {
         }
         if slice.wait.is_none() {
             self.inner.waits.sending_freely(campaign).await;
+        }
+        StepOutcome::Ack
+    }
+
+    /// A claim that took no row: the range is used up, or every row the claim
+    /// met was suppressed (and is skipped now).
+    async fn nothing_claimed(
+        &self,
+        batch: &SendBatch,
+        plan: &CampaignPlan,
+        suppressed: i64,
+        lease_token: Uuid,
+    ) -> StepOutcome {
+        if suppressed > 0 && plan.budgeted {
+            // The slice went to suppressed rows; the range may hold more.
+            return StepOutcome::Defer {
+                delay: Duration::ZERO,
+            };
+        }
+        if suppressed > 0 {
+            // The skipped rows may have been the campaign's last open ones, and
+            // no dispatch will end a lease to find out: check now, and ask for
+            // the next batch as a finished one does.
+            self.end_lease(batch, lease_token, suppressed).await;
+        } else if plan.budgeted {
+            // The range ran out on a slice boundary: the delivery before this one
+            // claimed its last rows in the background and could not know. If the
+            // slices before were all skipped rows, nobody has checked completion.
+            let campaign = batch.campaign_id;
+            let open = ledger::finish_lease(&self.inner.pool, campaign, lease_token).await;
+            if open.as_ref().is_ok_and(|open| open.is_done()) {
+                self.complete(campaign).await;
+            } else {
+                let id = format!("more-{}-{}", batch.message_id(), batch.last_recipient_id);
+                self.ask_for_next_batch(campaign, batch.run_epoch, &id)
+                    .await;
+            }
         }
         StepOutcome::Ack
     }
@@ -231,7 +268,7 @@ impl Sender {
                         Dispatched::Done(outcome) => {
                             let _ = done_tx.send(outcome);
                         }
-                        Dispatched::Unsent(id) => unsent.push(id),
+                        Dispatched::Unsent(row) => unsent.push(row),
                     }
                     async {}
                 })
@@ -310,13 +347,18 @@ impl Sender {
             return;
         };
         if open.is_done() {
-            if let Err(error) = complete_if_done(&self.inner.lifecycle, campaign, "sender").await {
-                tracing::warn!(campaign_id = %campaign, %error, "completion check failed");
-            }
+            self.complete(campaign).await;
         } else if open.more_to_pack && claimed > 0 {
             // One lease ends once, so its token makes a stable message id.
             let id = format!("more-{lease_token}");
             self.ask_for_next_batch(campaign, open.run_epoch, &id).await;
+        }
+    }
+
+    /// Completes the campaign if nothing is open (re-checked by the transition).
+    async fn complete(&self, campaign: Uuid) {
+        if let Err(error) = complete_if_done(&self.inner.lifecycle, campaign, "sender").await {
+            tracing::warn!(campaign_id = %campaign, %error, "completion check failed");
         }
     }
 

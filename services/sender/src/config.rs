@@ -37,7 +37,8 @@ pub struct SenderConfig {
     #[arg(skip)]
     pub control: ControlConfig,
 
-    /// Attempts per recipient before it is failed (first try included).
+    /// Provider requests per recipient before it is failed (first try included),
+    /// in total across pauses and resumes (`recipients.attempts` keeps the count).
     #[arg(long, env = "HERALD_MAX_ATTEMPTS", default_value_t = 4)]
     pub max_attempts: u32,
 

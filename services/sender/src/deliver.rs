@@ -15,28 +15,32 @@ use uuid::Uuid;
 
 use crate::budget;
 use crate::dispatch::{Attempt, OutboundMessage, RetryPolicy};
-use crate::ledger::{ClaimedRecipient, RecipientOutcome};
+use crate::ledger::{ClaimedRecipient, RecipientOutcome, Unsent};
 use crate::plan::CampaignPlan;
 use crate::{LogFailure as _, Sender};
+use herald_core::reason::Reason;
 
 /// How one claimed recipient ended on this replica.
 pub(crate) enum Dispatched {
     Done(RecipientOutcome),
-    /// Not sent because the campaign stopped being sendable: release it.
-    Unsent(i64),
+    /// Not sent because the campaign stopped being sendable: release it, with
+    /// the requests it had in this run.
+    Unsent(Unsent),
 }
 
-fn outcome(id: i64, attempts: i32, result: Result<Option<String>, String>) -> Dispatched {
-    let (sent, provider_message_id, error) = match result {
-        Ok(message_id) => (true, message_id, None),
-        Err(reason) => (false, None, Some(reason)),
-    };
-    Dispatched::Done(RecipientOutcome {
+/// The attempts left for a recipient that already had `prior` requests in
+/// earlier runs: `HERALD_MAX_ATTEMPTS` bounds the total, not each run.
+pub(crate) fn attempts_left(max_attempts: u32, prior: i32) -> u32 {
+    max_attempts
+        .max(1)
+        .saturating_sub(u32::try_from(prior).unwrap_or(0))
+}
+
+fn unsent(id: i64, attempts: i32, last_error: Option<String>) -> Dispatched {
+    Dispatched::Unsent(Unsent {
         id,
-        sent,
-        provider_message_id,
-        error,
         attempts,
+        last_error,
     })
 }
 
@@ -132,6 +136,14 @@ impl Sender {
 
     /// Sends one recipient: renders, waits for its start time, then attempts
     /// with retries until it is accepted, rejected or out of attempts.
+    ///
+    /// A render error fails this recipient alone (`template_error`), without a
+    /// request. The attempts are bounded across runs: a recipient released by a
+    /// pause mid-retry comes back with its earlier requests counted
+    /// ([`ClaimedRecipient::attempts`]) and gets only what is left of
+    /// `HERALD_MAX_ATTEMPTS`. A 4xx fails it at once (`provider_rejected`);
+    /// transient failures that use up the attempts fail it with
+    /// `retries_exhausted`.
     pub(crate) async fn dispatch_one(
         &self,
         campaign: Uuid,
@@ -140,59 +152,105 @@ impl Sender {
         token: Option<Instant>,
     ) -> Dispatched {
         let config = &self.inner.config;
+        let (id, prior) = (recipient.id, recipient.attempts);
+        let left = attempts_left(config.max_attempts, prior);
+        if left == 0 {
+            let error = format!("gave up after {prior} attempts (HERALD_MAX_ATTEMPTS)");
+            return Dispatched::Done(RecipientOutcome::failed(
+                id,
+                Reason::RetriesExhausted,
+                error,
+                0,
+            ));
+        }
         let policy = RetryPolicy {
-            max_attempts: config.max_attempts.max(1),
+            max_attempts: left,
             base_delay: Duration::from_millis(config.retry_base_ms),
             max_delay: Duration::from_millis(config.retry_max_ms),
         };
         let body = match plan.template.render(&recipient.variables) {
             Ok(b) => b,
-            Err(e) => return outcome(recipient.id, 0, Err(e.to_string())),
+            Err(e) => {
+                let error = format!("template error: {e}");
+                return Dispatched::Done(RecipientOutcome::failed(
+                    id,
+                    Reason::TemplateError,
+                    error,
+                    0,
+                ));
+            }
         };
         let message = OutboundMessage {
             campaign_id: campaign,
-            recipient_id: recipient.id,
+            recipient_id: id,
             address: recipient.address,
             body,
         };
         let mut delays = policy.delays();
-        let mut attempts = 0;
+        let (mut attempts, mut last_error) = (0, None);
         let mut token = token;
         loop {
             if !self.start_gate(campaign, plan, token.take()).await {
-                return Dispatched::Unsent(recipient.id);
+                return unsent(id, attempts, last_error);
             }
             // The check that makes pause immediate: right before each request.
             if !self.sendable(campaign).await {
-                return Dispatched::Unsent(recipient.id);
+                return unsent(id, attempts, last_error);
             }
             attempts += 1;
-            let (reason, retry_after) =
-                match self.inner.dispatcher.attempt(&plan.channel, &message).await {
-                    Attempt::Accepted {
-                        provider_message_id,
-                    } => {
-                        return outcome(recipient.id, attempts, Ok(provider_message_id));
-                    }
-                    Attempt::Rejected { reason } => {
-                        return outcome(recipient.id, attempts, Err(reason));
-                    }
-                    Attempt::Retryable {
-                        reason,
-                        retry_after,
-                    } => (reason, retry_after),
-                };
+            let (reason, retry_after) = match self
+                .inner
+                .dispatcher
+                .attempt(&plan.channel, &message)
+                .await
+            {
+                Attempt::Accepted {
+                    provider_message_id,
+                } => {
+                    let sent = RecipientOutcome::sent(id, provider_message_id, attempts);
+                    return Dispatched::Done(sent);
+                }
+                Attempt::Rejected { reason } => {
+                    let failed =
+                        RecipientOutcome::failed(id, Reason::ProviderRejected, reason, attempts);
+                    return Dispatched::Done(failed);
+                }
+                Attempt::Retryable {
+                    reason,
+                    retry_after,
+                } => (reason, retry_after),
+            };
             let Some(backoff) = delays.next() else {
-                let error = format!("gave up after {attempts} attempts: {reason}");
-                return outcome(recipient.id, attempts, Err(error));
+                let total = prior + attempts;
+                let error = format!("gave up after {total} attempts: {reason}");
+                let failed =
+                    RecipientOutcome::failed(id, Reason::RetriesExhausted, error, attempts);
+                return Dispatched::Done(failed);
             };
             let max_wait = Duration::from_millis(config.retry_max_ms).max(backoff);
             let delay = retry_after.map_or(backoff, |ra| ra.max(backoff).min(max_wait));
             metrics::counter!("herald_dispatch_retries_total", "provider" => plan.channel.provider()).increment(1);
+            last_error = Some(reason);
             if !self.wait_unless_paused(campaign, delay).await {
-                // Attempts so far stay unrecorded on release; the row is simply pending again.
-                return Dispatched::Unsent(recipient.id);
+                // Released with this run's requests counted: a resume gets only
+                // what is left of the attempts.
+                return unsent(id, attempts, last_error);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::attempts_left;
+
+    #[test]
+    fn attempts_left_counts_earlier_runs_against_the_maximum() {
+        assert_eq!(attempts_left(4, 0), 4);
+        assert_eq!(attempts_left(4, 2), 2);
+        assert_eq!(attempts_left(4, 4), 0);
+        assert_eq!(attempts_left(4, 9), 0);
+        assert_eq!(attempts_left(0, 0), 1);
+        assert_eq!(attempts_left(4, -1), 4);
     }
 }

@@ -6,7 +6,7 @@ use herald_core::contracts::{BatchTracked, SendBatch};
 use uuid::Uuid;
 
 use crate::Sender;
-use crate::ledger::{self, RecipientOutcome};
+use crate::ledger::{self, RecipientOutcome, Unsent};
 use crate::recorder::{BatchRecording, RecordError};
 
 /// What one delivery wrote to the ledger.
@@ -42,12 +42,13 @@ impl Sender {
         Ok(recorded)
     }
 
-    /// Puts claimed but unsent rows back to pending (one statement).
+    /// Gives claimed but unsent rows back (one statement): to pending after a
+    /// pause, skipped after a stop.
     pub(crate) async fn release(
         &self,
         batch: &SendBatch,
         lease_token: Uuid,
-        unsent: &[i64],
+        unsent: &[Unsent],
         request_id: Option<&str>,
     ) -> Result<(), sqlx::Error> {
         let campaign = batch.campaign_id;
@@ -56,11 +57,13 @@ impl Sender {
         }
         let released =
             ledger::release_claims(&self.inner.pool, campaign, lease_token, unsent).await?;
-        tracing::info!(campaign_id = %campaign, released = released.released, "released unsent recipients");
+        tracing::info!(campaign_id = %campaign, released = released.released,
+            skipped = released.skipped, "released unsent recipients");
         if released.campaign_sending && released.released > 0 {
             // Resumed before the release landed: the new epoch's packer may have
             // passed these rows already, so batch them again.
-            self.rebatch(batch, released.run_epoch, lease_token, unsent, request_id)
+            let ids: Vec<i64> = unsent.iter().map(|u| u.id).collect();
+            self.rebatch(batch, released.run_epoch, lease_token, &ids, request_id)
                 .await;
         }
         Ok(())

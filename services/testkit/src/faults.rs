@@ -854,32 +854,19 @@ impl ProcessStack {
     }
 
     /// The checks every fault scenario ends with: the campaign completed exactly
-    /// once, its counters equal the ledger, every recipient is terminal, and the
-    /// event history is `seq` 1..n without gaps. Returns the campaign body.
+    /// once, every recipient's fate is accounted for and explained
+    /// ([`crate::assert_every_fate_accounted`]), and the event history is `seq`
+    /// 1..n without gaps. Returns the campaign body.
     pub async fn assert_settled(&self, campaign: Uuid, total: usize) -> Value {
-        let body = self
-            .wait_for_status(campaign, Status::Completed, Duration::from_secs(120))
+        self.wait_for_status(campaign, Status::Completed, Duration::from_secs(120))
             .await;
         let pool = self.pool();
-        crate::assert_counters_match_ledger(&pool, campaign, &body).await;
-        let counters = &body["counters"];
-        assert_eq!(counters["total"].as_u64(), Some(total as u64), "{body}");
+        let body = crate::assert_every_fate_accounted(&self.client, &pool, campaign).await;
         assert_eq!(
-            counters["sent"].as_u64().unwrap_or(0)
-                + counters["failed"].as_u64().unwrap_or(0)
-                + counters["skipped"].as_u64().unwrap_or(0),
-            total as u64,
-            "every recipient is terminal: {body}"
+            body["counters"]["total"].as_u64(),
+            Some(total as u64),
+            "{body}"
         );
-        let failed_without_reason: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM recipients WHERE campaign_id = $1 AND status = 'failed'
-               AND coalesce(last_error, '') = ''",
-        )
-        .bind(campaign)
-        .fetch_one(&pool)
-        .await
-        .expect("ledger query");
-        assert_eq!(failed_without_reason, 0, "a failed recipient has a reason");
         let events = self.events(campaign).await;
         for (i, event) in events.iter().enumerate() {
             assert_eq!(

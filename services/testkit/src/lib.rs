@@ -8,10 +8,12 @@
 //! message provider ([`ProviderDouble`]), a real local HTTP server.
 
 pub mod cluster;
+mod fate;
 pub mod faults;
 mod provider;
 
 pub use cluster::NatsCluster;
+pub use fate::assert_every_fate_accounted;
 pub use provider::{ProviderDouble, RecordedRequest, Reply};
 
 use std::net::TcpListener as StdListener;

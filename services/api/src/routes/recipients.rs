@@ -6,6 +6,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use herald_core::campaigns::fetch_campaign;
 use herald_core::lifecycle::Status;
+use herald_core::reason::Reason;
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -114,23 +115,27 @@ async fn refresh_ledger_statistics(pool: &sqlx::PgPool, campaign: Uuid) {
     }
 }
 
+/// One page of the ledger by id, filtered by status and reason code (either may
+/// be absent).
 async fn recipient_page(
     state: &AppState,
     campaign: Uuid,
-    status: Option<&str>,
+    (status, reason): (Option<&str>, Option<Reason>),
     after: i64,
     limit: i64,
 ) -> Result<Vec<RecipientView>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT id, address, address_input, address_kind, variables, status, attempts, last_error,
-                provider_message_id, sent_at
-         FROM recipients WHERE campaign_id = $1 AND ($2::text IS NULL OR status = $2) AND id > $3
+        "SELECT id, address, address_input, address_kind, variables, status, reason, attempts,
+                last_error, provider_message_id, sent_at
+         FROM recipients WHERE campaign_id = $1 AND ($2::text IS NULL OR status = $2)
+           AND ($5::text IS NULL OR reason = $5) AND id > $3
          ORDER BY id LIMIT $4",
     )
     .bind(campaign)
     .bind(status)
     .bind(after)
     .bind(limit)
+    .bind(reason.map(Reason::as_str))
     .fetch_all(&state.pool)
     .await?;
     rows.iter()
@@ -144,6 +149,7 @@ async fn recipient_page(
                     .and_then(|k| serde_json::from_value(serde_json::Value::String(k)).ok()),
                 variables: r.try_get("variables")?,
                 status: r.try_get("status")?,
+                reason: r.try_get("reason")?,
                 attempts: r.try_get("attempts")?,
                 last_error: r.try_get("last_error")?,
                 provider_message_id: r.try_get("provider_message_id")?,
@@ -154,8 +160,9 @@ async fn recipient_page(
 }
 
 #[utoipa::path(get, path = "/v1/campaigns/{id}/recipients", params(("id" = Uuid, Path), RecipientQuery),
-    responses((status = 200, description = "One page of the campaign's recipients, by id", body = RecipientPage),
-              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)),
+    responses((status = 200, description = "One page of the campaign's recipients, by id, filtered by `status` and `reason` if given", body = RecipientPage),
+              (status = 404, body = ErrorBody),
+              (status = 422, description = "An unknown `status` or `reason`, a bad `cursor` or `limit`", body = ErrorBody)),
     security(("bearer" = [])), tag = "recipients")]
 pub async fn list_recipients(
     State(state): State<AppState>,
@@ -176,6 +183,15 @@ pub async fn list_recipients(
             ));
         }
     }
+    let reason = query
+        .reason
+        .as_deref()
+        .map(|r| {
+            r.parse::<Reason>().map_err(|_| {
+                ApiError::validation(format!("reason must be one of {}", Reason::list(", ")))
+            })
+        })
+        .transpose()?;
     let after = match &query.cursor {
         Some(c) => c
             .parse::<i64>()
@@ -185,7 +201,8 @@ pub async fn list_recipients(
     fetch_campaign(&state.pool, id, Some(auth.0.id))
         .await?
         .ok_or_else(ApiError::not_found)?;
-    let mut items = recipient_page(&state, id, query.status.as_deref(), after, limit + 1).await?;
+    let filter = (query.status.as_deref(), reason);
+    let mut items = recipient_page(&state, id, filter, after, limit + 1).await?;
     let next_cursor = if items.len() as i64 > limit {
         items.truncate(limit as usize);
         items.last().map(|r| r.id.to_string())

@@ -186,20 +186,16 @@ pub async fn ledger_alone(
                     correlation_id: Uuid::new_v4(),
                 };
                 let token = Uuid::new_v4();
-                let claimed = ledger::claim_batch(&pool, &batch, token, 30.0, i64::MAX).await?;
+                let claimed = ledger::claim_batch(&pool, &batch, token, 30.0, i64::MAX)
+                    .await?
+                    .rows;
                 if !hold.is_zero() {
                     // Stands in for the dispatch between claim and mark.
                     tokio::time::sleep(hold).await;
                 }
                 let outcomes: Vec<RecipientOutcome> = claimed
                     .iter()
-                    .map(|r| RecipientOutcome {
-                        id: r.id,
-                        sent: true,
-                        provider_message_id: None,
-                        error: None,
-                        attempts: 1,
-                    })
+                    .map(|r| RecipientOutcome::sent(r.id, None, 1))
                     .collect();
                 let written = ledger::mark_outcomes(&pool, campaign, token, &outcomes).await?;
                 ledger::finish_lease(&pool, campaign, token).await?;

@@ -383,6 +383,15 @@ fn print_campaign(campaign: &Value, json: bool) {
     numbers.set_header(names.map(str::to_uppercase));
     numbers.add_row(names.map(|n| cell(&counters[n])));
     println!("{numbers}");
+    // Why recipients failed or were skipped, by reason code.
+    if let Some(reasons) = campaign["reasons"].as_object().filter(|r| !r.is_empty()) {
+        let mut why = table();
+        why.set_header(["REASON", "RECIPIENTS"]);
+        for (reason, count) in reasons {
+            why.add_row([reason.clone(), cell(count)]);
+        }
+        println!("\n{why}");
+    }
 }
 
 fn print_import(result: &Value, json: bool) {

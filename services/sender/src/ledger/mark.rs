@@ -1,0 +1,112 @@
+//! The mark: one statement that records finished recipients, sent or failed
+//! with their reason, for any number of leases.
+
+use std::collections::HashMap;
+
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{LeasedOutcome, RecipientOutcome, counter_shard};
+
+/// Records one lease's sent and failed rows; returns how many it wrote.
+pub async fn mark_outcomes(
+    pool: &PgPool,
+    campaign_id: Uuid,
+    lease_token: Uuid,
+    outcomes: &[RecipientOutcome],
+) -> Result<i64, sqlx::Error> {
+    let leased: Vec<LeasedOutcome> = outcomes
+        .iter()
+        .map(|outcome| LeasedOutcome {
+            campaign_id,
+            lease_token,
+            outcome: outcome.clone(),
+        })
+        .collect();
+    Ok(mark_leased_outcomes(pool, &leased).await?.values().sum())
+}
+
+/// Records sent and failed rows of any number of leases in one statement (one
+/// commit), and returns how many rows each lease wrote. Only rows still held by
+/// their lease are written. A failed row gets its reason code and its text
+/// (`reason`, `last_error`), counted in the campaign's reason counts; a sent row
+/// gets neither. `attempts` are added to the row's (earlier runs' requests).
+///
+/// The outcomes drive a nested loop of primary-key lookups (`FROM o` joined on
+/// `r.id = o.id`): each row costs one index probe, whatever the group size. Two
+/// shapes of this statement were measured and rejected (docs/BENCHMARKS.md):
+/// `r.status = 'sending'` in the `WHERE` once let the planner scan a partial
+/// lease index over every row the campaign had ever claimed, and an id range
+/// (`r.id BETWEEN min AND max`) made it scan the range and compare every row with
+/// every outcome, quadratic in the group size. The lease token alone proves a
+/// row is still held: only `claim_batch` sets it (with status `sending`), and
+/// marking or releasing clears it. The counter shards are written in campaign
+/// order, so two writes that touch the same campaigns cannot deadlock.
+pub async fn mark_leased_outcomes(
+    pool: &PgPool,
+    outcomes: &[LeasedOutcome],
+) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
+    let Some(first) = outcomes.first() else {
+        return Ok(HashMap::new());
+    };
+    let campaigns: Vec<Uuid> = outcomes.iter().map(|o| o.campaign_id).collect();
+    let tokens: Vec<Uuid> = outcomes.iter().map(|o| o.lease_token).collect();
+    let ids: Vec<i64> = outcomes.iter().map(|o| o.outcome.id).collect();
+    let statuses: Vec<&str> = outcomes
+        .iter()
+        .map(|o| if o.outcome.sent { "sent" } else { "failed" })
+        .collect();
+    let message_ids: Vec<Option<&str>> = outcomes
+        .iter()
+        .map(|o| o.outcome.provider_message_id.as_deref())
+        .collect();
+    let errors: Vec<Option<&str>> = outcomes
+        .iter()
+        .map(|o| o.outcome.error.as_deref())
+        .collect();
+    let reasons: Vec<Option<&str>> = outcomes
+        .iter()
+        .map(|o| o.outcome.reason.map(|r| r.as_str()))
+        .collect();
+    let attempts: Vec<i32> = outcomes.iter().map(|o| o.outcome.attempts).collect();
+    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+        "WITH o AS MATERIALIZED (
+             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[],
+                                  $6::text[], $7::int[], $9::text[])
+                 AS o(campaign_id, lease_token, id, status, provider_message_id, last_error, attempts, reason)
+         ), upd AS (
+             UPDATE recipients r SET status = o.status, provider_message_id = o.provider_message_id,
+                    last_error = o.last_error, reason = o.reason, attempts = r.attempts + o.attempts,
+                    sent_at = CASE WHEN o.status = 'sent' THEN now() END,
+                    lease_token = NULL, lease_expires_at = NULL, updated_at = now()
+             FROM o WHERE r.campaign_id = o.campaign_id AND r.id = o.id AND r.lease_token = o.lease_token
+             RETURNING r.campaign_id, o.lease_token, r.status, o.reason
+         ), counted AS (
+             INSERT INTO campaign_counter_deltas AS d (campaign_id, shard, sending, sent, failed)
+             SELECT campaign_id, $8, -count(*), count(*) FILTER (WHERE status = 'sent'),
+                    count(*) FILTER (WHERE status = 'failed')
+             FROM upd GROUP BY campaign_id ORDER BY campaign_id
+             ON CONFLICT (campaign_id, shard) DO UPDATE SET
+                 sending = d.sending + excluded.sending, sent = d.sent + excluded.sent,
+                 failed = d.failed + excluded.failed, updated_at = now()
+         ), reasons AS (
+             INSERT INTO campaign_reason_counts AS rc (campaign_id, shard, reason, count)
+             SELECT campaign_id, $8, reason, count(*) FROM upd WHERE reason IS NOT NULL
+             GROUP BY campaign_id, reason ORDER BY campaign_id, reason
+             ON CONFLICT (campaign_id, shard, reason) DO UPDATE SET count = rc.count + excluded.count
+         )
+         SELECT lease_token, count(*) FROM upd GROUP BY lease_token",
+    )
+    .bind(&campaigns)
+    .bind(&tokens)
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&message_ids)
+    .bind(&errors)
+    .bind(&attempts)
+    .bind(counter_shard(first.lease_token))
+    .bind(&reasons)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
