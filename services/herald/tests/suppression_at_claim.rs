@@ -248,3 +248,47 @@ async fn a_batch_whose_rows_are_all_suppressed_completes_the_campaign_when_they_
     assert_eq!(body["reasons"], json!({"suppressed": 3}), "{body}");
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn an_e_mail_opt_out_given_in_any_case_through_the_api_skips_the_recipient_imported_in_another()
+ {
+    let stack = Stack::start(0, 0, test_sender_config()).await;
+    let pool = stack.env.pool();
+    let id = stack.create_campaign(json!({"provider": "log"})).await;
+    let (status, imported) = stack
+        .call(
+            Method::POST,
+            &format!("/v1/campaigns/{id}/recipients"),
+            Some(json!({"recipients": [{"address": "Ana@Example.COM"}, {"address": "bo@example.com"}]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{imported}");
+    // The list keeps e-mail addresses lower-cased whole; the ledger keeps the
+    // local part as typed (`Ana@example.com`).
+    let (status, added) = stack
+        .call(
+            Method::POST,
+            "/v1/suppressions",
+            Some(json!({"entries": [{"address": "ANA@example.com", "reason": "replied STOP"}]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{added}");
+    assert_eq!(stack.transition(id, "start").await.0, 200);
+    let ids: Vec<i64> =
+        sqlx::query_scalar("SELECT id FROM recipients WHERE campaign_id = $1 ORDER BY id")
+            .bind(id)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    let claimed = claim_batch(&pool, &batch(id, ids[0], ids[1]), Uuid::new_v4(), 30.0, 100)
+        .await
+        .unwrap()
+        .rows;
+    let claimed: Vec<&str> = claimed.iter().map(|r| r.address.as_str()).collect();
+    assert_eq!(claimed, ["bo@example.com"]);
+    assert_eq!(
+        fate(&pool, id, "Ana@example.com").await,
+        ("skipped".into(), Some("suppressed".into()))
+    );
+    stack.stop().await;
+}

@@ -32,7 +32,9 @@ const SUPPRESSED_MESSAGE: &str = "the address is on the tenant's suppression lis
 /// **Suppression list.** A candidate whose address is on the tenant's
 /// suppression list (`suppressions`) is not claimed: the same statement makes it `skipped` with reason `suppressed`, so
 /// an opt-out that lands mid-campaign holds for every row not yet claimed, and a
-/// suppressed row is never dispatched. It uses up one of the `limit` rows, so a
+/// suppressed row is never dispatched. The list keeps e-mail addresses lower-cased
+/// whole (`herald_core::suppressions`), while the ledger lower-cases only their
+/// domain, so an e-mail row is compared by `lower(address)`. It uses up one of the `limit` rows, so a
 /// budgeted slice may send one fewer than its tokens. The check is one
 /// primary-key probe per candidate (about 2-4 µs), skipped altogether while the
 /// tenant's list is empty. It is written as a scalar subquery on purpose: as
@@ -79,7 +81,9 @@ pub async fn claim_batch_in(
              SELECT r.id, r.status AS prev,
                     CASE WHEN (SELECT has_list FROM camp) THEN
                         coalesce((SELECT true FROM suppressions s
-                                  WHERE s.tenant_id = (SELECT tenant_id FROM camp) AND s.address = r.address),
+                                  WHERE s.tenant_id = (SELECT tenant_id FROM camp)
+                                    AND s.address = CASE WHEN r.address_kind = 'email'
+                                                         THEN lower(r.address) ELSE r.address END),
                                  false)
                     ELSE false END AS suppressed
              FROM recipients r
