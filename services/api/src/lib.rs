@@ -13,6 +13,7 @@ pub mod import_views;
 pub mod lifecycle_views;
 pub mod observe;
 pub mod openapi;
+pub mod receipt_writer;
 pub mod routes;
 pub mod scheduler;
 pub mod state;
@@ -62,6 +63,12 @@ pub struct ApiConfig {
     /// How often the scheduler looks for due campaigns, in ms.
     #[arg(long, env = "HERALD_SCHEDULER_INTERVAL_MS", default_value_t = 1000)]
     pub scheduler_interval_ms: u64,
+
+    /// The URL providers reach this API at (e.g. `https://herald.example.com`),
+    /// the base of each channel's `receipts_url`. Unset: `http://` and the
+    /// address the API listens on.
+    #[arg(long, env = "HERALD_PUBLIC_URL")]
+    pub public_url: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -72,6 +79,7 @@ impl Default for ApiConfig {
             max_import_bytes: 512 * 1024 * 1024,
             relay_interval_ms: 1000,
             scheduler_interval_ms: 1000,
+            public_url: None,
         }
     }
 }
@@ -108,6 +116,14 @@ pub fn router(state: AppState) -> Router {
                 .delete(ch::delete_channel),
         )
         .route("/v1/suppressions/{address}", delete(s::delete_suppression))
+        .route(
+            "/v1/receipts/{channel_id}/{token}",
+            post(routes::receipts::post_receipts),
+        )
+        .route(
+            "/v1/receipts/{channel_id}/{token}/{event}",
+            post(routes::receipts::post_receipts_by_event),
+        )
         .route("/v1/campaigns/bulk/{action}", post(l::bulk_transition))
         .route(
             "/v1/campaigns/{id}",
@@ -158,6 +174,11 @@ pub async fn build_state(common: &CommonConfig, config: &ApiConfig) -> anyhow::R
     let bus = Bus::connect(common, "herald-api").await?;
     let outbox = Outbox::new(pool.clone(), bus.clone());
     let progress = routes::progress::ProgressHub::start(pool.clone(), bus.clone());
+    let receipts = receipt_writer::ReceiptWriter::start(pool.clone(), bus.clone());
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", config.listen));
     Ok(AppState {
         lifecycle: Lifecycle::new(pool.clone(), outbox),
         pool,
@@ -167,6 +188,8 @@ pub async fn build_state(common: &CommonConfig, config: &ApiConfig) -> anyhow::R
             import_body_bytes: config.max_import_bytes,
         },
         progress,
+        receipts,
+        public_url: public_url.trim_end_matches('/').into(),
     })
 }
 
@@ -179,7 +202,11 @@ pub async fn run_with_listener(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     herald_core::db::migrate_with_retry(&common, &shutdown).await?;
-    let state = build_state(&common, &config).await?;
+    let mut state = build_state(&common, &config).await?;
+    if config.public_url.is_none() {
+        // The listener may have been bound to port 0: name the port it got.
+        state.public_url = format!("http://{}", listener.local_addr()?).into();
+    }
     let installation = herald_core::installation::id_with_retry(&state.pool, &shutdown).await?;
     // Graceful shutdown waits for open responses: end the progress streams first.
     state.progress.close_on(shutdown.clone());

@@ -19,6 +19,18 @@ fn campaign_in_path(path: &str) -> Option<Uuid> {
         .ok()
 }
 
+/// The path as logged: the token of a receipts URL is a credential, so
+/// `/v1/receipts/{channel_id}/{token}...` keeps the channel and masks the rest.
+fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
+    match path.strip_prefix("/v1/receipts/") {
+        Some(rest) => {
+            let channel = rest.split('/').next().unwrap_or("");
+            format!("/v1/receipts/{channel}/***").into()
+        }
+        None => path.into(),
+    }
+}
+
 pub fn request_span(request: &axum::http::Request<Body>) -> tracing::Span {
     let correlation = request
         .headers()
@@ -32,7 +44,7 @@ pub fn request_span(request: &axum::http::Request<Body>) -> tracing::Span {
     tracing::info_span!(
         "request",
         method = %request.method(),
-        path = %request.uri().path(),
+        path = %loggable_path(request.uri().path()),
         campaign_id = %campaign,
         correlation_id = %correlation,
     )
@@ -59,6 +71,15 @@ pub async fn track_http(request: Request, next: Next) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn receipts_tokens_never_reach_the_log() {
+        let path = "/v1/receipts/0b0e5a4e-1111-4c4c-8888-123456789abc/s3cr3t/messages-update";
+        let logged = loggable_path(path);
+        assert!(!logged.contains("s3cr3t"), "{logged}");
+        assert!(logged.contains("0b0e5a4e-1111-4c4c-8888-123456789abc"));
+        assert_eq!(loggable_path("/v1/campaigns"), "/v1/campaigns");
+    }
 
     #[test]
     fn campaign_ids_are_read_from_campaign_paths_only() {

@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{
-    campaigns, channels, duplicate, health, lifecycle, progress, recipients, suppressions,
+    campaigns, channels, duplicate, health, lifecycle, progress, receipts, recipients, suppressions,
 };
 use crate::suppression_views::*;
 use crate::views::*;
@@ -120,6 +120,8 @@ impl Modify for Conventions {
         suppressions::add_suppressions,
         suppressions::list_suppressions,
         suppressions::delete_suppression,
+        receipts::post_receipts,
+        receipts::post_receipts_by_event,
         health::healthz,
         health::readyz,
     ),
@@ -130,7 +132,7 @@ impl Modify for Conventions {
         herald_core::send_window::SendWindow, herald_core::send_window::Day,
         herald_core::address::AddressKind, herald_core::channel::ChannelConfig,
         SuppressionImport, SuppressionInput, SuppressionResult, SuppressionView, SuppressionPage,
-        herald_core::reason::Reason)),
+        herald_core::reason::Reason, receipts::ReceiptsResult, herald_core::campaigns::Funnel)),
     modifiers(&BearerAuth, &Conventions)
 )]
 #[derive(Debug)]

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use herald_core::address::AddressKind;
-use herald_core::campaigns::{Campaign, Counters};
+use herald_core::campaigns::{Campaign, Counters, Funnel};
 use herald_core::channel::ChannelConfig;
 use herald_core::channels::ChannelRow;
 use herald_core::lifecycle::Status;
@@ -13,6 +13,8 @@ use herald_core::send_window::SendWindow;
 use herald_core::template::MessageTemplate;
 use serde::{Deserialize, Deserializer, Serialize};
 use uuid::Uuid;
+
+use crate::state::AppState;
 
 pub use crate::import_views::*;
 pub use crate::lifecycle_views::*;
@@ -114,6 +116,13 @@ pub struct CampaignView {
     /// not waiting.
     pub waiting: Option<WaitingView>,
     pub counters: Counters,
+    /// How far accepted messages got, from delivery receipts: `sent` (accepted
+    /// by the provider, bounces included), `delivered` (delivered or read),
+    /// `read`, `bounced`.
+    pub funnel: Funnel,
+    /// Where the campaign's provider sends delivery receipts: its channel's
+    /// receipts URL (docs/RECEIPTS.md). Needs no API token; keep it private.
+    pub receipts_url: String,
     /// Failed and skipped recipients counted by reason code (the codes of
     /// `reason` on a recipient); only codes with a non-zero count appear, `{}`
     /// when none do. Maintained with the counters, not counted from the ledger
@@ -126,8 +135,10 @@ pub struct CampaignView {
     pub finished_at: Option<DateTime<Utc>>,
 }
 
-impl From<Campaign> for CampaignView {
-    fn from(c: Campaign) -> Self {
+impl CampaignView {
+    /// The view of `c`, with its receipts URL under the API's public URL.
+    pub fn of(c: Campaign, state: &AppState) -> Self {
+        let receipts_url = state.receipts_url(c.channel_id, &c.receipts_token);
         let waiting = WaitingView::of(&c);
         let channel = ChannelConfig::redact_stored(c.channel.clone());
         let template_variables = TemplateSpec::from_stored(&c.template)
@@ -149,6 +160,8 @@ impl From<Campaign> for CampaignView {
             send_window: c.send_window.and_then(|w| serde_json::from_value(w).ok()),
             waiting,
             counters: c.counters,
+            funnel: c.funnel,
+            receipts_url,
             reasons: c.reasons,
             created_at: c.created_at,
             updated_at: c.updated_at,
@@ -254,12 +267,18 @@ pub struct ChannelView {
     pub send_window: Option<SendWindow>,
     /// Bumped by every change.
     pub version: i64,
+    /// Where providers send delivery receipts for this channel's messages:
+    /// `{public_url}/v1/receipts/{id}/{token}`, callable without an API token
+    /// (the token in it is the credential; docs/RECEIPTS.md).
+    pub receipts_url: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-impl From<ChannelRow> for ChannelView {
-    fn from(row: ChannelRow) -> Self {
+impl ChannelView {
+    /// The view of `row`, secrets masked, with its receipts URL.
+    pub fn of(row: ChannelRow, state: &AppState) -> Self {
+        let receipts_url = state.receipts_url(row.id, &row.receipts_token);
         let config = ChannelConfig::redact_stored(row.config);
         let rate_limit = (row.per_second.is_some() || row.per_day.is_some()).then_some(RateLimit {
             per_second: row.per_second,
@@ -272,6 +291,7 @@ impl From<ChannelRow> for ChannelView {
             rate_limit,
             send_window: row.send_window.and_then(|w| serde_json::from_value(w).ok()),
             version: row.version,
+            receipts_url,
             created_at: row.created_at,
             updated_at: row.updated_at,
         }

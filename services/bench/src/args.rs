@@ -17,7 +17,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Every scenario, in order: throughput, pause, fanout, memory, api, fairness, rate.
+    /// Every scenario, in order: throughput, pause, fanout, memory, api, fairness, rate, receipts.
     All(BenchArgs),
     /// End-to-end messages/s with 1..N senders, against the sink and ledger ceilings.
     Throughput(BenchArgs),
@@ -35,6 +35,9 @@ pub enum Command {
     /// A channel's per-second limit at the sink with 1 and N senders, against the
     /// same campaigns unthrottled.
     Rate(BenchArgs),
+    /// Delivery receipts into the ledger through the receipts endpoint, batched
+    /// and one per request, against the same requests for unknown ids.
+    Receipts(BenchArgs),
     /// Drops what interrupted runs left behind: idle `herald_bench_*` databases and
     /// their streams.
     Cleanup(BenchArgs),
@@ -54,6 +57,7 @@ impl Command {
             | Command::Api(a)
             | Command::Fairness(a)
             | Command::Rate(a)
+            | Command::Receipts(a)
             | Command::Cleanup(a) => Some(a),
             Command::Loadgen(_) => None,
         }
@@ -87,7 +91,7 @@ pub enum LoadTool {
 pub struct BenchArgs {
     /// Recipients per campaign [throughput, memory: 1000000; pause: 200000;
     /// fanout background campaign: 20000; api: 1000 per campaign; fairness: 200000
-    /// per big campaign; rate: not used, see --rate-seconds].
+    /// per big campaign; rate: not used, see --rate-seconds; receipts: 100000].
     #[arg(long)]
     pub recipients: Option<u64>,
 

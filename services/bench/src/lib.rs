@@ -53,6 +53,7 @@ pub async fn run(
             "api",
             "fairness",
             "rate",
+            "receipts",
         ],
         Command::Throughput(_) => &["throughput"],
         Command::Pause(_) => &["pause"],
@@ -61,6 +62,7 @@ pub async fn run(
         Command::Api(_) => &["api"],
         Command::Fairness(_) => &["fairness"],
         Command::Rate(_) => &["rate"],
+        Command::Receipts(_) => &["receipts"],
         Command::Loadgen(_) | Command::Cleanup(_) => anyhow::bail!("not a scenario"),
     };
     for name in wanted {
@@ -74,6 +76,7 @@ pub async fn run(
             "api" => scenarios::api_load::run(args).await?,
             "fairness" => scenarios::fairness::run(args).await?,
             "rate" => scenarios::rate::run(args).await?,
+            "receipts" => scenarios::receipts::run(args).await?,
             other => anyhow::bail!("unknown scenario {other}"),
         };
         // The machine may be shared: say how busy it was, so a figure taken under

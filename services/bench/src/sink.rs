@@ -1,5 +1,6 @@
 //! The provider stand-in: a minimal axum server that accepts every POST, counts it
-//! by idempotency key and answers `200 {}`.
+//! by idempotency key and answers `200 {"id": "m<hex>"}` (a message id, as a
+//! real provider gives).
 //!
 //! It is kept as cheap as possible because it shares the machine with everything
 //! it measures: no body parsing, no per-request allocation beyond the key's
@@ -91,10 +92,13 @@ async fn accept(
     if !state.delay.is_zero() {
         tokio::time::sleep(state.delay).await;
     }
+    // A message id, as real providers answer: the sender records it for
+    // delivery receipts (provider_messages), which a sink answering `{}` would
+    // leave out of every throughput figure.
     (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
-        "{}",
+        format!("{{\"id\":\"m{key:x}\"}}"),
     )
 }
 

@@ -32,6 +32,10 @@ pub struct Campaign {
     /// (`campaign_waits`); None when it is not waiting.
     pub waiting: Option<Waiting>,
     pub counters: Counters,
+    /// How far accepted messages got, from delivery receipts.
+    pub funnel: Funnel,
+    /// The token of the channel's receipts URL (`/v1/receipts/{channel_id}/{token}`).
+    pub receipts_token: String,
     /// Failed and skipped recipients by reason code (`crate::reason::Reason`
     /// names; only non-zero counts), from `campaign_reason_counts`.
     pub reasons: BTreeMap<String, i64>,
@@ -63,13 +67,31 @@ pub struct Counters {
     pub skipped: i64,
 }
 
+/// The delivery funnel, from delivery receipts (docs/RECEIPTS.md).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+pub struct Funnel {
+    /// Messages the provider accepted: recipients `sent`, plus those a
+    /// provider bounced afterwards.
+    pub sent: i64,
+    /// Messages delivered or read.
+    pub delivered: i64,
+    /// Messages read.
+    pub read: i64,
+    /// Messages the provider failed after accepting them (recipients now
+    /// `failed` with reason `bounced`).
+    pub bounced: i64,
+}
+
 /// The columns a [`Campaign`] is read from, for `SELECT ... FROM campaigns` and
 /// `RETURNING` (the table must not be aliased). The ledger counters are the
 /// campaign's own columns (what imports write) plus its counter shards (what
 /// claims, marks and releases write; see migrations/0002_hot_ledger.sql).
 /// `channel` is the config of the campaign's channel row (the campaign's own
 /// `channel` column is legacy and no longer written), and `waiting_reason` /
-/// `waiting_until` come from `campaign_waits`, and `reasons` (a JSON object of
+/// `waiting_until` come from `campaign_waits`, the funnel (`delivered_count`,
+/// `read_count`, `bounced_count`) from the counter shards (migration 0009), and `reasons` (a JSON object of
 /// counts by reason code) from `campaign_reason_counts` (migration 0008).
 pub const CAMPAIGN_COLUMNS: &str = "id, tenant_id, name, channel_id, \
     (SELECT ch.config FROM channels ch WHERE ch.id = campaigns.channel_id) AS channel, \
@@ -83,6 +105,10 @@ pub const CAMPAIGN_COLUMNS: &str = "id, tenant_id, name, channel_id, \
     sent_count + (SELECT coalesce(sum(d.sent), 0)::bigint FROM campaign_counter_deltas d WHERE d.campaign_id = campaigns.id) AS sent_count, \
     failed_count + (SELECT coalesce(sum(d.failed), 0)::bigint FROM campaign_counter_deltas d WHERE d.campaign_id = campaigns.id) AS failed_count, \
     skipped_count + (SELECT coalesce(sum(d.skipped), 0)::bigint FROM campaign_counter_deltas d WHERE d.campaign_id = campaigns.id) AS skipped_count, \
+    (SELECT coalesce(sum(d.delivered), 0)::bigint FROM campaign_counter_deltas d WHERE d.campaign_id = campaigns.id) AS delivered_count, \
+    (SELECT coalesce(sum(d.read), 0)::bigint FROM campaign_counter_deltas d WHERE d.campaign_id = campaigns.id) AS read_count, \
+    (SELECT coalesce(sum(d.bounced), 0)::bigint FROM campaign_counter_deltas d WHERE d.campaign_id = campaigns.id) AS bounced_count, \
+    (SELECT ch.receipts_token FROM channels ch WHERE ch.id = campaigns.channel_id) AS receipts_token, \
     (SELECT coalesce(jsonb_object_agg(x.reason, x.n), '{}'::jsonb) \
      FROM (SELECT rc.reason, sum(rc.count)::bigint AS n FROM campaign_reason_counts rc \
            WHERE rc.campaign_id = campaigns.id GROUP BY rc.reason HAVING sum(rc.count) <> 0) x) AS reasons, \
@@ -126,6 +152,18 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Campaign {
                 failed: row.try_get("failed_count")?,
                 skipped: row.try_get("skipped_count")?,
             },
+            funnel: {
+                let bounced: i64 = row.try_get("bounced_count")?;
+                Funnel {
+                    sent: row.try_get::<i64, _>("sent_count")? + bounced,
+                    delivered: row.try_get("delivered_count")?,
+                    read: row.try_get("read_count")?,
+                    bounced,
+                }
+            },
+            receipts_token: row
+                .try_get::<Option<String>, _>("receipts_token")?
+                .unwrap_or_default(),
             reasons: serde_json::from_value(row.try_get::<serde_json::Value, _>("reasons")?)
                 .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
             created_at: row.try_get("created_at")?,

@@ -33,12 +33,26 @@ pub struct ChannelRow {
     pub private: bool,
     /// 1 on insert, bumped by every update.
     pub version: i64,
+    /// The secret part of the channel's receipts URL (migration 0009).
+    pub receipts_token: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
 const CHANNEL_COLUMNS: &str = "id, tenant_id, name, config, per_second, per_day, send_window, \
-    private, version, created_at, updated_at";
+    private, version, receipts_token, created_at, updated_at";
+
+/// The receipts token of a channel that receipts may be sent to (not
+/// deleted; private channels included: their campaigns get receipts too).
+pub async fn receipts_token<'e>(
+    db: impl PgExecutor<'e>,
+    channel_id: Uuid,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT receipts_token FROM channels WHERE id = $1 AND deleted_at IS NULL")
+        .bind(channel_id)
+        .fetch_optional(db)
+        .await
+}
 
 /// What a new channel row holds (the id is chosen here).
 #[derive(Debug, Clone)]

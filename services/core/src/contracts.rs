@@ -214,6 +214,38 @@ pub struct BatchTracked {
 }
 contract!(BatchTracked, "campaigns.tracked.json", campaign);
 
+/// `campaigns.tracked.<campaignId>` with `"kind": "receipts"`: what one batch
+/// of delivery receipts changed in the campaign's funnel (docs/RECEIPTS.md).
+/// Batch outcomes ([`BatchTracked`]) carry no `kind`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReceiptsTracked {
+    /// Always `receipts`.
+    pub kind: String,
+    pub campaign_id: Uuid,
+    /// Messages newly delivered (a read without a delivered receipt counts too).
+    pub delivered_count: i64,
+    pub read_count: i64,
+    pub bounced_count: i64,
+    pub opted_out_count: i64,
+    pub correlation_id: Uuid,
+}
+contract!(ReceiptsTracked, "campaigns.tracked.receipts.json", campaign);
+
+impl ReceiptsTracked {
+    pub fn new(campaign_id: Uuid, funnel: &crate::receipts::FunnelDelta) -> Self {
+        Self {
+            kind: "receipts".to_owned(),
+            campaign_id,
+            delivered_count: funnel.delivered,
+            read_count: funnel.read,
+            bounced_count: funnel.bounced,
+            opted_out_count: funnel.opted_out,
+            correlation_id: Uuid::new_v4(),
+        }
+    }
+}
+
 /// `campaigns.dlq.<originalSubject>`: a message that was terminated, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

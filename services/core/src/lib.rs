@@ -24,6 +24,7 @@ pub mod lifecycle;
 pub mod outbox;
 pub mod pull;
 pub mod reason;
+pub mod receipts;
 pub mod send_window;
 pub mod subjects;
 pub mod suppressions;

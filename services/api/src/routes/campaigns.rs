@@ -178,7 +178,7 @@ pub async fn create_campaign(
     tracing::info!(campaign_id = %id, "campaign created");
     Ok((
         StatusCode::CREATED,
-        axum::Json(CampaignView::from(campaign)),
+        axum::Json(CampaignView::of(campaign, &state)),
     ))
 }
 
@@ -224,7 +224,10 @@ pub async fn list_campaigns(
         None
     };
     Ok(axum::Json(CampaignPage {
-        items: rows.into_iter().map(Into::into).collect(),
+        items: rows
+            .into_iter()
+            .map(|c| CampaignView::of(c, &state))
+            .collect(),
         next_cursor,
     }))
 }
@@ -246,7 +249,7 @@ pub async fn get_campaign(
     let etag = format!("\"{}\"", campaign.version);
     Ok((
         [(axum::http::header::ETAG, etag)],
-        axum::Json(CampaignView::from(campaign)),
+        axum::Json(CampaignView::of(campaign, &state)),
     ))
 }
 
@@ -384,7 +387,7 @@ pub async fn update_campaign(
     append_event(&mut tx, id, "updated", payload, &auth.actor(&correlation)).await?;
     tx.commit().await?;
     state.lifecycle.outbox.publish_fast(id).await;
-    Ok(axum::Json(updated.into()))
+    Ok(axum::Json(CampaignView::of(updated, &state)))
 }
 
 #[utoipa::path(delete, path = "/v1/campaigns/{id}",

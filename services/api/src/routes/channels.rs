@@ -63,7 +63,10 @@ pub async fn create_channel(
     };
     let row = channels::insert_channel(&state.pool, auth.0.id, &new).await?;
     tracing::info!(channel_id = %row.id, "channel created");
-    Ok((StatusCode::CREATED, axum::Json(ChannelView::from(row))))
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(ChannelView::of(row, &state)),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/channels", params(ChannelListQuery),
@@ -88,7 +91,10 @@ pub async fn list_channels(
         None
     };
     Ok(axum::Json(ChannelPage {
-        items: rows.into_iter().map(Into::into).collect(),
+        items: rows
+            .into_iter()
+            .map(|c| ChannelView::of(c, &state))
+            .collect(),
         next_cursor,
     }))
 }
@@ -108,7 +114,7 @@ pub async fn get_channel(
     let row = channels::fetch_channel(&state.pool, id, auth.0.id)
         .await?
         .ok_or_else(channel_not_found)?;
-    Ok(axum::Json(row.into()))
+    Ok(axum::Json(ChannelView::of(row, &state)))
 }
 
 /// Checks every field the PATCH carries and merges it into `update`.
@@ -167,7 +173,7 @@ pub async fn update_channel(
     let row = channels::update_channel(&mut tx, id, &update).await?;
     tx.commit().await?;
     tracing::info!(channel_id = %id, version = row.version, "channel updated");
-    Ok(axum::Json(row.into()))
+    Ok(axum::Json(ChannelView::of(row, &state)))
 }
 
 #[utoipa::path(delete, path = "/v1/channels/{id}", params(("id" = Uuid, Path)),

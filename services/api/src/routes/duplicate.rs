@@ -139,7 +139,7 @@ pub async fn duplicate_campaign(
         .ok_or_else(ApiError::not_found)?;
     Ok((
         StatusCode::CREATED,
-        axum::Json(CampaignView::from(campaign)),
+        axum::Json(CampaignView::of(campaign, &state)),
     ))
 }
 

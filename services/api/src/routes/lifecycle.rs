@@ -96,7 +96,7 @@ pub async fn transition_campaign(
     let etag = format!("\"{}\"", done.campaign.version);
     Ok((
         [(axum::http::header::ETAG, etag)],
-        axum::Json(CampaignView::from(done.campaign)),
+        axum::Json(CampaignView::of(done.campaign, &state)),
     ))
 }
 

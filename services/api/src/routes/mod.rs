@@ -7,6 +7,7 @@ pub mod duplicate;
 pub mod health;
 pub mod lifecycle;
 pub mod progress;
+pub mod receipts;
 pub mod recipients;
 pub mod suppression_import;
 pub mod suppressions;

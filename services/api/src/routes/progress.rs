@@ -1,6 +1,6 @@
 //! Live campaign progress over Server-Sent Events: `GET /v1/campaigns/{id}/progress`.
 //!
-//! The stream pushes `{status, version, counters, waiting}` whenever they change, and closes
+//! The stream pushes `{status, version, counters, funnel, waiting}` whenever they change, and closes
 //! after pushing a terminal state (stopped, completed or failed).
 //!
 //! It is fed from the bus, not by polling per client. One [`ProgressHub`] per api
@@ -26,7 +26,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::{Stream, StreamExt};
 use herald_core::CancellationToken;
 use herald_core::bus::Bus;
-use herald_core::campaigns::{Campaign, Counters, fetch_campaign};
+use herald_core::campaigns::{Campaign, Counters, Funnel, fetch_campaign};
 use herald_core::lifecycle::Status;
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
@@ -54,6 +54,11 @@ pub struct Progress {
     pub status: Status,
     pub version: i64,
     pub counters: Counters,
+    /// The delivery funnel (as in `GET /v1/campaigns/{id}`): it moves with
+    /// delivery receipts while the stream is open. Receipts that arrive after
+    /// the campaign ended show in `GET /v1/campaigns/{id}`.
+    #[serde(default)]
+    pub funnel: Funnel,
     /// Why the campaign is not moving (as in `GET /v1/campaigns/{id}`); null
     /// while it sends freely or is not sending.
     #[serde(default)]
@@ -66,6 +71,7 @@ impl From<&Campaign> for Progress {
             status: campaign.status,
             version: campaign.version,
             counters: campaign.counters,
+            funnel: campaign.funnel,
             waiting: WaitingView::of(campaign),
         }
     }
@@ -349,7 +355,7 @@ fn progress_stream(feed: Feed) -> impl Stream<Item = Result<Event, Infallible>> 
 #[utoipa::path(get, path = "/v1/campaigns/{id}/progress", params(("id" = Uuid, Path)),
     responses(
         (status = 200, content_type = "text/event-stream", body = Progress,
-         description = "`event: progress` with `{status, version, counters, waiting}` now and on every change; \
+         description = "`event: progress` with `{status, version, counters, funnel, waiting}` now and on every change; \
                         the stream ends after a terminal state (stopped, completed, failed)"),
         (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])), tag = "campaigns")]

@@ -1,4 +1,4 @@
-//! The seven scenarios, and the end-to-end campaign run that throughput and memory
+//! The eight scenarios, and the end-to-end campaign run that throughput and memory
 //! share.
 
 pub mod api_load;
@@ -7,6 +7,7 @@ pub mod fanout;
 pub mod memory;
 pub mod pause;
 pub mod rate;
+pub mod receipts;
 pub mod throughput;
 
 use std::time::{Duration, Instant};

@@ -80,6 +80,15 @@ pub fn details(progress: &Progress, rate: Option<f64>) -> Vec<String> {
     if c.skipped > 0 {
         parts.push(format!("skipped {}", grouped(c.skipped)));
     }
+    // Only once receipts come in: a provider that sends none shows nothing.
+    let funnel = &progress.funnel;
+    if funnel.delivered + funnel.read + funnel.bounced > 0 {
+        parts.push(format!("delivered {}", grouped(funnel.delivered)));
+        parts.push(format!("read {}", grouped(funnel.read)));
+        if funnel.bounced > 0 {
+            parts.push(format!("bounced {}", grouped(funnel.bounced)));
+        }
+    }
     parts
 }
 
@@ -142,7 +151,7 @@ pub fn bar_line(progress: &Progress, details: &[String], width: usize) -> String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use herald_core::campaigns::Counters;
+    use herald_core::campaigns::{Counters, Funnel};
 
     fn sending(total: i64, sent: i64) -> Progress {
         Progress {
@@ -155,7 +164,25 @@ mod tests {
                 pending: total - sent - 1_234,
                 ..Counters::default()
             },
+            funnel: Funnel::default(),
             waiting: None,
+        }
+    }
+
+    #[test]
+    fn receipts_show_as_delivered_and_read_once_they_arrive() {
+        let mut progress = sending(1_000, 900);
+        let line = bar_line(&progress, &details(&progress, Some(10.0)), 300);
+        assert!(!line.contains("delivered"), "{line}");
+        progress.funnel = Funnel {
+            sent: 900,
+            delivered: 850,
+            read: 400,
+            bounced: 3,
+        };
+        let line = bar_line(&progress, &details(&progress, Some(10.0)), 300);
+        for wanted in ["delivered 850", "read 400", "bounced 3"] {
+            assert!(line.contains(wanted), "{wanted:?} missing from {line:?}");
         }
     }
 

@@ -31,6 +31,10 @@ pub async fn mark_outcomes(
 /// their lease are written. A failed row gets its reason code and its text
 /// (`reason`, `last_error`), counted in the campaign's reason counts; a sent row
 /// gets neither. `attempts` are added to the row's (earlier runs' requests).
+/// A sent row with a provider message id is also entered in
+/// `provider_messages` under its campaign's channel, where delivery receipts
+/// find it (migrations/0009_delivery_receipts.sql): in the same statement, so a
+/// receipt never finds a message whose recipient is not yet `sent`.
 ///
 /// The outcomes drive a nested loop of primary-key lookups (`FROM o` joined on
 /// `r.id = o.id`): each row costs one index probe, whatever the group size. Two
@@ -80,7 +84,13 @@ pub async fn mark_leased_outcomes(
                     sent_at = CASE WHEN o.status = 'sent' THEN now() END,
                     lease_token = NULL, lease_expires_at = NULL, updated_at = now()
              FROM o WHERE r.campaign_id = o.campaign_id AND r.id = o.id AND r.lease_token = o.lease_token
-             RETURNING r.campaign_id, o.lease_token, r.status, o.reason
+             RETURNING r.campaign_id, r.id, o.lease_token, r.status, o.reason, o.provider_message_id
+         ), receipts_key AS (
+             INSERT INTO provider_messages (channel_id, provider_message_id, campaign_id, recipient_id)
+             SELECT c.channel_id, upd.provider_message_id, upd.campaign_id, upd.id
+             FROM upd JOIN campaigns c ON c.id = upd.campaign_id
+             WHERE upd.status = 'sent' AND upd.provider_message_id IS NOT NULL
+             ON CONFLICT DO NOTHING
          ), counted AS (
              INSERT INTO campaign_counter_deltas AS d (campaign_id, shard, sending, sent, failed)
              SELECT campaign_id, $8, -count(*), count(*) FILTER (WHERE status = 'sent'),
