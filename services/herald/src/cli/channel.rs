@@ -312,6 +312,7 @@ fn print_channel(channel: &Value, json: bool) {
         ("budget", budget(&channel["rate_limit"])),
         ("window", window(&channel["send_window"])),
         ("version", cell(&channel["version"])),
+        ("receipts url", cell(&channel["receipts_url"])),
         ("created", short_time(&channel["created_at"])),
         ("updated", short_time(&channel["updated_at"])),
     ] {
