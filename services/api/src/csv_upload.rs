@@ -10,6 +10,8 @@ use futures::StreamExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::error::{ApiError, ApiResult};
+
 /// Marker error for a body over the upload limit.
 #[derive(Debug)]
 pub struct BodyTooLarge;
@@ -72,4 +74,81 @@ pub fn header_names(headers: &csv_async::ByteRecord) -> Vec<String> {
                 .to_owned()
         })
         .collect()
+}
+
+/// A streamed CSV upload with its header line read and checked.
+pub struct CsvUpload<R> {
+    pub reader: csv_async::AsyncReader<R>,
+    /// The header names, as [`header_names`] gives them.
+    pub headers: Vec<String>,
+}
+
+impl<R> std::fmt::Debug for CsvUpload<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CsvUpload")
+            .field("headers", &self.headers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Opens `body` as a CSV upload of at most `limit` bytes and reads its header
+/// line. Errors: 413 past the limit, 422 for an unreadable or UTF-16 header line.
+pub async fn open_csv_upload(
+    body: Body,
+    limit: usize,
+) -> ApiResult<CsvUpload<impl tokio::io::AsyncRead + Unpin + Send>> {
+    let mut reader = limited_csv_reader(body, limit);
+    let headers = match reader.byte_headers().await {
+        Ok(h) => h.clone(),
+        Err(e) if is_body_too_large(&e) => return Err(ApiError::payload_too_large(limit)),
+        Err(_) => return Err(ApiError::validation("could not read the CSV header line")),
+    };
+    if looks_like_utf16(&headers) {
+        return Err(ApiError::validation(
+            "the CSV is not UTF-8: it looks like UTF-16 (a byte order mark or NUL bytes in \
+             the header line); save it as UTF-8 (\"CSV UTF-8\" in Excel) and upload it again",
+        ));
+    }
+    Ok(CsvUpload {
+        headers: header_names(&headers),
+        reader,
+    })
+}
+
+/// Why one row of an upload cannot be used.
+#[derive(Debug)]
+pub enum RowProblem {
+    /// The body passed the limit: the whole upload ends with 413.
+    TooLarge,
+    /// The connection broke: the whole upload ends with 400.
+    Interrupted,
+    /// This row alone is rejected, for this reason (for people).
+    Malformed(String),
+}
+
+/// The 400 of an upload whose connection broke mid-body.
+pub fn upload_interrupted() -> ApiError {
+    ApiError::bad_request("the upload was interrupted")
+}
+
+/// One record as read, checked to have one field per header.
+pub fn checked_record(
+    record: Result<csv_async::ByteRecord, csv_async::Error>,
+    header_count: usize,
+) -> Result<csv_async::ByteRecord, RowProblem> {
+    let record = match record {
+        Ok(record) => record,
+        Err(e) if is_body_too_large(&e) => return Err(RowProblem::TooLarge),
+        Err(e) if matches!(e.kind(), csv_async::ErrorKind::Io(_)) => {
+            return Err(RowProblem::Interrupted);
+        }
+        Err(e) => return Err(RowProblem::Malformed(format!("unreadable CSV row: {e}"))),
+    };
+    if record.len() != header_count {
+        return Err(RowProblem::Malformed(format!(
+            "row has {} fields but the header has {header_count}",
+            record.len()
+        )));
+    }
+    Ok(record)
 }

@@ -14,7 +14,9 @@ use herald_core::suppressions::{
 };
 use uuid::Uuid;
 
-use crate::csv_upload::{header_names, is_body_too_large, limited_csv_reader, looks_like_utf16};
+use crate::csv_upload::{
+    CsvUpload, RowProblem, checked_record, open_csv_upload, upload_interrupted,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 use crate::suppression_views::{SuppressionImport, SuppressionResult};
@@ -202,44 +204,24 @@ fn csv_columns(headers: &[String]) -> ApiResult<(usize, Option<usize>)> {
 /// column, other columns ignored) into `batch`.
 pub async fn read_csv(state: &AppState, batch: &mut SuppressionBatch, body: Body) -> ApiResult<()> {
     let limit = state.limits.import_body_bytes;
-    let mut csv = limited_csv_reader(body, limit);
-    let headers = match csv.byte_headers().await {
-        Ok(h) => h.clone(),
-        Err(e) if is_body_too_large(&e) => return Err(ApiError::payload_too_large(limit)),
-        Err(_) => return Err(ApiError::validation("could not read the CSV header line")),
-    };
-    if looks_like_utf16(&headers) {
-        return Err(ApiError::validation(
-            "the CSV is not UTF-8: it looks like UTF-16 (a byte order mark or NUL bytes in \
-             the header line); save it as UTF-8 (\"CSV UTF-8\" in Excel) and send it again",
-        ));
-    }
-    let headers = header_names(&headers);
+    let CsvUpload {
+        mut reader,
+        headers,
+    } = open_csv_upload(body, limit).await?;
     let (address_column, reason_column) = csv_columns(&headers)?;
-    let mut records = csv.byte_records();
+    let mut records = reader.byte_records();
     let mut row: u64 = 0;
     while let Some(record) = records.next().await {
         row += 1;
-        let record = match record {
-            Ok(r) => r,
-            Err(e) if is_body_too_large(&e) => return Err(too_large(limit, batch)),
-            Err(e) => {
-                if matches!(e.kind(), csv_async::ErrorKind::Io(_)) {
-                    return Err(ApiError::bad_request("the upload was interrupted"));
-                }
-                batch.reject(row, format!("unreadable CSV row: {e}"));
+        let record = match checked_record(record, headers.len()) {
+            Ok(record) => record,
+            Err(RowProblem::TooLarge) => return Err(too_large(limit, batch)),
+            Err(RowProblem::Malformed(message)) => {
+                batch.reject(row, message);
                 continue;
             }
+            Err(RowProblem::Interrupted) => return Err(upload_interrupted()),
         };
-        if record.len() != headers.len() {
-            let message = format!(
-                "row has {} fields but the header has {}",
-                record.len(),
-                headers.len()
-            );
-            batch.reject(row, message);
-            continue;
-        }
         let field = |column: usize| std::str::from_utf8(record.get(column).unwrap_or_default());
         let (Ok(address), Ok(reason)) =
             (field(address_column), reason_column.map(field).transpose())
