@@ -95,7 +95,13 @@ async fn run_writer(pool: PgPool, bus: Bus, mut queue: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        write_batch(&pool, &bus, jobs).await;
+        // In a task of its own: should a batch panic, its requests get a 503
+        // (their reply channels drop) and the writer goes on with the next.
+        let (pool, bus) = (pool.clone(), bus.clone());
+        if let Err(error) = tokio::spawn(async move { write_batch(&pool, &bus, jobs).await }).await
+        {
+            tracing::error!(%error, "a receipts batch panicked");
+        }
     }
 }
 
