@@ -13,6 +13,7 @@ pub mod import_views;
 pub mod lifecycle_views;
 pub mod observe;
 pub mod openapi;
+pub mod receipt_tokens;
 pub mod receipt_writer;
 pub mod routes;
 pub mod scheduler;
@@ -174,7 +175,7 @@ pub async fn build_state(common: &CommonConfig, config: &ApiConfig) -> anyhow::R
     let bus = Bus::connect(common, "herald-api").await?;
     let outbox = Outbox::new(pool.clone(), bus.clone());
     let progress = routes::progress::ProgressHub::start(pool.clone(), bus.clone());
-    let receipts = receipt_writer::ReceiptWriter::start(pool.clone(), bus.clone());
+    let receipts = receipt_writer::ReceiptWriter::start(&pool, &bus);
     let public_url = config
         .public_url
         .clone()
@@ -189,6 +190,7 @@ pub async fn build_state(common: &CommonConfig, config: &ApiConfig) -> anyhow::R
         },
         progress,
         receipts,
+        receipt_tokens: receipt_tokens::ReceiptTokens::default(),
         public_url: public_url.trim_end_matches('/').into(),
     })
 }

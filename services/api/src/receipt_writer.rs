@@ -2,7 +2,7 @@
 //!
 //! Evolution API sends one webhook per status change, so a campaign of a
 //! million messages brings a few million small requests. Each request hands its
-//! receipts to the writer and waits; the writer takes whatever requests are
+//! receipts to the writers and waits; a writer takes whatever requests are
 //! queued (up to [`MAX_BATCH_RECEIPTS`] receipts), applies them in one
 //! transaction ([`herald_core::receipts::store::apply_receipts`]), answers
 //! every request with its own counts, and tells each campaign's followers on
@@ -14,17 +14,23 @@
 //! batch gets the error (503) and the provider retries.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use herald_core::bus::Bus;
 use herald_core::contracts::ReceiptsTracked;
 use herald_core::receipts::Receipt;
 use herald_core::receipts::store::{AppliedReceipts, apply_receipts};
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 /// Most receipts one transaction applies.
 pub const MAX_BATCH_RECEIPTS: usize = 5_000;
+
+/// Writers applying batches at once: while one waits for its commit, the next
+/// batch fills and goes. Batches that share messages are ordered by the row
+/// locks (taken in key order, so they never deadlock).
+const WRITERS: usize = 2;
 
 /// Requests waiting for the writer beyond this make new ones wait to enqueue
 /// (back-pressure instead of unbounded memory).
@@ -52,9 +58,12 @@ pub struct ReceiptWriter {
 impl ReceiptWriter {
     /// Starts the writer task on the current runtime; it ends when every
     /// handle is dropped.
-    pub fn start(pool: PgPool, bus: Bus) -> Self {
+    pub fn start(pool: &PgPool, bus: &Bus) -> Self {
         let (jobs, queue) = mpsc::channel(QUEUE_DEPTH);
-        tokio::spawn(run_writer(pool, bus, queue));
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..WRITERS {
+            tokio::spawn(run_writer(pool.clone(), bus.clone(), queue.clone()));
+        }
         Self { jobs }
     }
 
@@ -82,19 +91,8 @@ impl ReceiptWriter {
     }
 }
 
-async fn run_writer(pool: PgPool, bus: Bus, mut queue: mpsc::Receiver<Job>) {
-    while let Some(first) = queue.recv().await {
-        let mut jobs = vec![first];
-        let mut size = jobs[0].receipts.len();
-        while size < MAX_BATCH_RECEIPTS {
-            match queue.try_recv() {
-                Ok(job) => {
-                    size += job.receipts.len();
-                    jobs.push(job);
-                }
-                Err(_) => break,
-            }
-        }
+async fn run_writer(pool: PgPool, bus: Bus, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
+    while let Some(jobs) = next_batch(&queue).await {
         // In a task of its own: should a batch panic, its requests get a 503
         // (their reply channels drop) and the writer goes on with the next.
         let (pool, bus) = (pool.clone(), bus.clone());
@@ -103,6 +101,24 @@ async fn run_writer(pool: PgPool, bus: Bus, mut queue: mpsc::Receiver<Job>) {
             tracing::error!(%error, "a receipts batch panicked");
         }
     }
+}
+
+/// Takes the next request and whatever others are queued behind it, up to
+/// [`MAX_BATCH_RECEIPTS`]; None once every handle is gone.
+async fn next_batch(queue: &Mutex<mpsc::Receiver<Job>>) -> Option<Vec<Job>> {
+    let mut queue = queue.lock().await;
+    let mut jobs = vec![queue.recv().await?];
+    let mut size = jobs[0].receipts.len();
+    while size < MAX_BATCH_RECEIPTS {
+        match queue.try_recv() {
+            Ok(job) => {
+                size += job.receipts.len();
+                jobs.push(job);
+            }
+            Err(_) => break,
+        }
+    }
+    Some(jobs)
 }
 
 /// One step: applies the jobs' receipts together, answers each job, publishes.

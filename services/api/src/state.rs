@@ -4,6 +4,7 @@ use herald_core::bus::Bus;
 use herald_core::transitions::Lifecycle;
 use sqlx::PgPool;
 
+use crate::receipt_tokens::ReceiptTokens;
 use crate::receipt_writer::ReceiptWriter;
 use crate::routes::progress::ProgressHub;
 
@@ -17,6 +18,8 @@ pub struct AppState {
     pub progress: ProgressHub,
     /// Applies delivery receipts in batches (`POST /v1/receipts/...`).
     pub receipts: ReceiptWriter,
+    /// Channels' receipts tokens, cached briefly (`crate::receipt_tokens`).
+    pub receipt_tokens: ReceiptTokens,
     /// Where providers reach this API, without a trailing slash: the base of
     /// every `receipts_url` (`HERALD_PUBLIC_URL`; `http://<listen address>`
     /// when unset).

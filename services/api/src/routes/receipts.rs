@@ -100,7 +100,9 @@ async fn receive(
     token: &str,
     body: &[u8],
 ) -> ApiResult<axum::Json<ReceiptsResult>> {
-    let expected = herald_core::channels::receipts_token(&state.pool, channel_id)
+    let expected = state
+        .receipt_tokens
+        .token(&state.pool, channel_id)
         .await?
         .ok_or_else(receipts_not_found)?;
     if !tokens_match(&expected, token) {
