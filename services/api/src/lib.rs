@@ -5,6 +5,7 @@
 //! and then published through the outbox; this process also runs the outbox relay
 //! and the scheduler.
 
+pub mod acks;
 pub mod csv_upload;
 pub mod error;
 pub mod extract;
@@ -15,6 +16,7 @@ pub mod observe;
 pub mod openapi;
 pub mod receipt_tokens;
 pub mod receipt_writer;
+pub mod replicas;
 pub mod routes;
 pub mod scheduler;
 pub mod state;
@@ -144,6 +146,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/campaigns/{id}/{action}", post(l::transition_campaign))
         .layer(DefaultBodyLimit::max(json_limit))
         .merge(imports)
+        .route("/v1/replicas", get(routes::replicas::list_replicas))
         .route("/healthz", get(h::healthz))
         .route("/readyz", get(h::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
@@ -176,6 +179,7 @@ pub async fn build_state(common: &CommonConfig, config: &ApiConfig) -> anyhow::R
     let outbox = Outbox::new(pool.clone(), bus.clone());
     let progress = routes::progress::ProgressHub::start(pool.clone(), bus.clone());
     let receipts = receipt_writer::ReceiptWriter::start(&pool, &bus);
+    let replicas = replicas::ReplicaTable::start(bus.clone());
     let public_url = config
         .public_url
         .clone()
@@ -191,6 +195,7 @@ pub async fn build_state(common: &CommonConfig, config: &ApiConfig) -> anyhow::R
         progress,
         receipts,
         receipt_tokens: receipt_tokens::ReceiptTokens::default(),
+        replicas,
         public_url: public_url.trim_end_matches('/').into(),
     })
 }
@@ -212,6 +217,7 @@ pub async fn run_with_listener(
     let installation = herald_core::installation::id_with_retry(&state.pool, &shutdown).await?;
     // Graceful shutdown waits for open responses: end the progress streams first.
     state.progress.close_on(shutdown.clone());
+    state.replicas.close_on(shutdown.clone());
     // NATS may be down at startup; transitions must still work, so provision in the
     // background and let the relay catch up. Streams of another installation stop
     // the process: it must not publish into them.

@@ -7,7 +7,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{
-    campaigns, channels, duplicate, health, lifecycle, progress, receipts, recipients, suppressions,
+    campaigns, channels, duplicate, health, lifecycle, progress, receipts, replicas, recipients, suppressions,
 };
 use crate::suppression_views::*;
 use crate::views::*;
@@ -122,6 +122,7 @@ impl Modify for Conventions {
         suppressions::delete_suppression,
         receipts::post_receipts,
         receipts::post_receipts_by_event,
+        replicas::list_replicas,
         health::healthz,
         health::readyz,
     ),
@@ -132,7 +133,9 @@ impl Modify for Conventions {
         herald_core::send_window::SendWindow, herald_core::send_window::Day,
         herald_core::address::AddressKind, herald_core::channel::ChannelConfig,
         SuppressionImport, SuppressionInput, SuppressionResult, SuppressionView, SuppressionPage,
-        herald_core::reason::Reason, receipts::ReceiptsResult, herald_core::campaigns::Funnel)),
+        herald_core::reason::Reason, receipts::ReceiptsResult, herald_core::campaigns::Funnel,
+        lifecycle::AcknowledgedTransition, crate::acks::Acks, crate::acks::AckedReplica,
+        crate::acks::MissingReplica, crate::acks::WaitFor, replicas::ReplicaView, replicas::ReplicaList)),
     modifiers(&BearerAuth, &Conventions)
 )]
 #[derive(Debug)]

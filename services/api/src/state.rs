@@ -16,6 +16,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Fans bus messages out to `GET /v1/campaigns/{id}/progress` streams.
     pub progress: ProgressHub,
+    /// The live packer and sender replicas (`GET /v1/replicas`, acknowledged pauses).
+    pub replicas: crate::replicas::ReplicaTable,
     /// Applies delivery receipts in batches (`POST /v1/receipts/...`).
     pub receipts: ReceiptWriter,
     /// Channels' receipts tokens, cached briefly (`crate::receipt_tokens`).

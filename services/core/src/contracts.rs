@@ -6,7 +6,6 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::sync::LazyLock;
 use uuid::Uuid;
 
 use crate::lifecycle::Status;
@@ -37,7 +36,7 @@ pub enum ContractError {
     },
 }
 
-fn compile(schema_text: &str) -> jsonschema::Validator {
+pub(crate) fn compile(schema_text: &str) -> jsonschema::Validator {
     let schema: serde_json::Value = serde_json::from_str(schema_text)
         .expect("schemas/*.json are valid JSON (checked by tests)");
     jsonschema::draft202012::new(&schema).expect("schemas/*.json compile (checked by tests)")
@@ -87,26 +86,31 @@ macro_rules! contract {
     };
     ($ty:ty, $file:literal, campaign) => {
         contract!($ty, $file, {
-            fn campaign(&self) -> Option<Uuid> {
+            fn campaign(&self) -> Option<uuid::Uuid> {
                 Some(self.campaign_id)
             }
-            fn correlation(&self) -> Option<Uuid> {
+            fn correlation(&self) -> Option<uuid::Uuid> {
                 Some(self.correlation_id)
             }
         });
     };
     ($ty:ty, $file:literal, { $($extra:item)* }) => {
-        impl Contract for $ty {
+        impl $crate::contracts::Contract for $ty {
             $($extra)*
             const SCHEMA_NAME: &'static str = $file;
             fn validator() -> &'static jsonschema::Validator {
-                static VALIDATOR: LazyLock<jsonschema::Validator> =
-                    LazyLock::new(|| compile(include_str!(concat!("../../../schemas/", $file))));
+                static VALIDATOR: std::sync::LazyLock<jsonschema::Validator> =
+                    std::sync::LazyLock::new(|| {
+                        $crate::contracts::compile(include_str!(concat!("../../../schemas/", $file)))
+                    });
                 &VALIDATOR
             }
         }
     };
 }
+
+/// Lets other modules of the crate declare contracts (`crate::presence`).
+pub(crate) use contract;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

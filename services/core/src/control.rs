@@ -12,6 +12,7 @@
 //! has none yet because it was just created); the listener then re-issues the
 //! pull on its own within 250 ms of noticing ([`crate::pull`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::AckKind;
@@ -22,6 +23,7 @@ use futures::StreamExt;
 use crate::CancellationToken;
 use crate::bus::Bus;
 use crate::contracts::{self, ControlMessage};
+use crate::presence::ControlProgress;
 use crate::pull::{PullHealth, Recovery, StreamEnd, pause, sleep_until};
 use crate::work::{WorkerIdentity, dead_letter};
 
@@ -65,6 +67,8 @@ pub struct ControlListenerConfig {
     pub replica_id: String,
     /// How long the server keeps the durable of a replica that went away.
     pub inactive_threshold: Duration,
+    /// Where the listener records what it applied (for the replica's heartbeat).
+    pub progress: Arc<ControlProgress>,
 }
 
 impl ControlListenerConfig {
@@ -116,12 +120,13 @@ async fn control_consumer(
 }
 
 /// Starts this replica's control listener if the fast path is on. `service` is
-/// `packer` or `sender` and names the durable (`ctl_<service>_<replica>`).
+/// `packer` or `sender` and names the durable (`ctl_<service>_<replica>`);
+/// `progress` learns the stream sequence of every message applied.
 pub fn spawn_control_listener<F>(
     bus: &Bus,
     config: &ControlConfig,
-    service: &str,
-    replica_id: &str,
+    (service, replica_id): (&str, &str),
+    progress: Arc<ControlProgress>,
     shutdown: &CancellationToken,
     on_signal: F,
 ) -> Option<tokio::task::JoinHandle<()>>
@@ -135,6 +140,7 @@ where
         service: service.to_owned(),
         replica_id: replica_id.to_owned(),
         inactive_threshold: Duration::from_secs(config.control_inactive_seconds),
+        progress,
     };
     Some(tokio::spawn(run_control_listener(
         bus.clone(),
@@ -165,12 +171,19 @@ pub async fn run_control_listener<F>(
         },
         health: PullHealth::new(&config.durable_name()),
         last_seen: None,
+        progress: config.progress.clone(),
         bus,
         on_signal,
     };
     'lookup: while !shutdown.is_cancelled() {
         let consumer = match control_consumer(&listener.bus, &config, listener.last_seen).await {
-            Ok(consumer) => consumer,
+            Ok(consumer) => {
+                // Everything up to the ack floor was applied, or came before
+                // this replica's consumer existed.
+                let floor = consumer.cached_info().ack_floor.stream_sequence;
+                listener.progress.attached(floor);
+                consumer
+            }
             Err(error) => {
                 let error = format!("control consumer unavailable: {error:#}");
                 listener.health.failed(&error, None);
@@ -207,6 +220,7 @@ struct Listener<F> {
     health: PullHealth,
     /// The highest stream sequence handled, to recreate a lost durable after it.
     last_seen: Option<u64>,
+    progress: Arc<ControlProgress>,
     on_signal: F,
 }
 
@@ -294,6 +308,9 @@ impl<F: Fn(ControlSignal) + Send + Sync> Listener<F> {
                     stream_sequence: info.map(|(s, _)| s).unwrap_or(0),
                     request_correlation_id,
                 });
+                if let Some((seq, _)) = info {
+                    self.progress.applied(seq);
+                }
                 let _ = message.ack().await;
             }
             Err(error) => {

@@ -22,6 +22,7 @@ pub mod halt;
 pub mod installation;
 pub mod lifecycle;
 pub mod outbox;
+pub mod presence;
 pub mod pull;
 pub mod reason;
 pub mod receipts;

@@ -47,6 +47,17 @@ impl Subjects {
     pub fn tracked_all(&self) -> String {
         format!("{}campaigns.tracked.>", self.prefix)
     }
+    /// `campaigns.presence.<service>.<replica>`: a replica's heartbeat (core NATS).
+    pub fn presence(&self, service: &str, replica: &str) -> String {
+        format!("{}campaigns.presence.{service}.{replica}", self.prefix)
+    }
+    pub fn presence_all(&self) -> String {
+        format!("{}campaigns.presence.>", self.prefix)
+    }
+    /// `campaigns.acks.<campaign>`: replicas' acks of its control messages (core NATS).
+    pub fn acks(&self, campaign: Uuid) -> String {
+        format!("{}campaigns.acks.{campaign}", self.prefix)
+    }
     /// `campaigns.dlq.<original subject without prefix>`.
     pub fn dlq(&self, original: &str) -> String {
         let bare = original.strip_prefix(&self.prefix).unwrap_or(original);

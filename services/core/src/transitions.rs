@@ -69,6 +69,9 @@ pub enum TransitionError {
 pub struct Transitioned {
     pub campaign: Campaign,
     pub event_id: Uuid,
+    /// The event's `correlationId`, which its control message carries: replicas'
+    /// acks name it (`crate::presence`).
+    pub correlation_id: Uuid,
     pub from: Status,
 }
 
@@ -79,6 +82,18 @@ pub async fn append_event(
     event_type: &str,
     payload: serde_json::Value,
     actor: &Actor,
+) -> Result<Uuid, sqlx::Error> {
+    append_event_correlated(tx, campaign_id, event_type, payload, actor, Uuid::new_v4()).await
+}
+
+/// [`append_event`] with the event's `correlation_id` chosen by the caller.
+async fn append_event_correlated(
+    tx: &mut Transaction<'_, Postgres>,
+    campaign_id: Uuid,
+    event_type: &str,
+    payload: serde_json::Value,
+    actor: &Actor,
+    correlation_id: Uuid,
 ) -> Result<Uuid, sqlx::Error> {
     let event_id = Uuid::new_v4();
     sqlx::query(
@@ -93,7 +108,7 @@ pub async fn append_event(
     .bind(event_type)
     .bind(payload)
     .bind(&actor.name)
-    .bind(Uuid::new_v4())
+    .bind(correlation_id)
     .bind(&actor.request_correlation_id)
     .execute(&mut **tx)
     .await?;
@@ -233,18 +248,21 @@ pub async fn commit_transition(
         "runEpoch": campaign.run_epoch,
         "triggeredBy": triggered_by,
     });
-    let event_id = append_event(
+    let correlation_id = Uuid::new_v4();
+    let event_id = append_event_correlated(
         &mut tx,
         current.id,
         request.action.event_type(),
         payload,
         &request.actor,
+        correlation_id,
     )
     .await?;
     tx.commit().await?;
     Ok(Transitioned {
         campaign,
         event_id,
+        correlation_id,
         from: current.status,
     })
 }

@@ -2022,6 +2022,7 @@ async fn the_openapi_document_lists_every_route_with_its_parameters_where_the_ap
         "DELETE /v1/suppressions/{address}",
         "POST /v1/receipts/{channel_id}/{token}",
         "POST /v1/receipts/{channel_id}/{token}/{event}",
+        "GET /v1/replicas",
         "GET /healthz",
         "GET /readyz",
     ]
@@ -2122,6 +2123,20 @@ async fn the_openapi_document_lists_every_route_with_its_parameters_where_the_ap
         expected.extend(filters.iter().map(|f| (*f, false)));
         assert_eq!(query, expected, "{label}");
     }
+    // An acknowledged pause or stop: both optional.
+    let transition: BTreeMap<&str, bool> = ops
+        .iter()
+        .find(|op| op.label() == "POST /v1/campaigns/{id}/{action}")
+        .expect("listed")
+        .params
+        .iter()
+        .filter(|p| p.location == "query")
+        .map(|p| (p.name.as_str(), p.required))
+        .collect();
+    assert_eq!(
+        transition,
+        BTreeMap::from([("timeout_ms", false), ("wait", false)])
+    );
     let suppressions = ops
         .iter()
         .find(|op| op.label() == "GET /v1/suppressions")

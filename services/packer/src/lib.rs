@@ -19,6 +19,7 @@ use herald_core::contracts::{ControlAction, PackRequest, SendBatch};
 use herald_core::control::{ControlConfig, ControlSignal, spawn_control_listener};
 use herald_core::lifecycle::Status;
 use herald_core::outbox::Outbox;
+use herald_core::presence::Presence;
 use herald_core::transitions::{Lifecycle, complete_if_done};
 use herald_core::work::{Delivery, StepOutcome, WorkerIdentity, run_work_loop};
 
@@ -94,6 +95,8 @@ struct PackerInner {
     /// its next page whenever the count moved (see [`Packer::told_to_stop`]).
     control_generations: Mutex<HashMap<Uuid, u64>>,
     applied: Mutex<Vec<(Uuid, ControlAction)>>,
+    /// Heartbeats and control acks.
+    presence: Presence,
 }
 
 /// One packer replica. Cheap to clone.
@@ -145,6 +148,12 @@ impl Packer {
         Self {
             inner: Arc::new(PackerInner {
                 lifecycle: Lifecycle::new(pool.clone(), outbox),
+                presence: Presence::new(
+                    &bus,
+                    "packer",
+                    &replica_id,
+                    config.control.control_fast_path,
+                ),
                 pool,
                 bus,
                 config,
@@ -169,6 +178,9 @@ impl Packer {
         self.inner.applied.lock().expect("applied lock").clone()
     }
 
+    /// Acts on a control message: a pause or stop moves the campaign's control
+    /// generation, so its paging loops re-read Postgres before their next page;
+    /// then the message is acked (a packer has no provider requests in flight).
     pub fn apply_control(&self, signal: &ControlSignal) {
         let campaign = signal.message.campaign_id;
         if matches!(
@@ -198,6 +210,10 @@ impl Packer {
             applied.drain(..5_000);
         }
         applied.push((campaign, signal.message.action));
+        drop(applied);
+        let presence = self.inner.presence.clone();
+        let ack = presence.ack_of(signal, 0);
+        tokio::spawn(async move { presence.publish_ack(&ack).await });
     }
 
     fn control_generation(&self, campaign: Uuid) -> u64 {
@@ -372,13 +388,14 @@ impl Packer {
             &shutdown,
         )
         .await?;
+        let heartbeat = self.inner.presence.spawn(&shutdown);
         let control = {
             let packer = self.clone();
             spawn_control_listener(
                 &self.inner.bus,
                 &self.inner.config.control,
-                "packer",
-                &self.inner.replica_id,
+                ("packer", &self.inner.replica_id),
+                self.inner.presence.progress(),
                 &shutdown,
                 move |signal| packer.apply_control(&signal),
             )
@@ -423,6 +440,7 @@ impl Packer {
         if let Some(control) = control {
             let _ = control.await;
         }
+        let _ = heartbeat.await;
         Ok(())
     }
 }

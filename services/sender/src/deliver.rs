@@ -193,17 +193,18 @@ impl Sender {
             if !self.start_gate(campaign, plan, token.take()).await {
                 return unsent(id, attempts, last_error);
             }
-            // The check that makes pause immediate: right before each request.
-            if !self.sendable(campaign).await {
-                return unsent(id, attempts, last_error);
-            }
-            attempts += 1;
-            let (reason, retry_after) = match self
-                .inner
-                .dispatcher
-                .attempt(&plan.channel, &message)
-                .await
-            {
+            let attempt = {
+                // In flight from the check to the answer (`in_flight`): a
+                // control ack taken after this check counts this request.
+                let _in_flight = self.inner.in_flight.enter(campaign);
+                // The check that makes pause immediate: right before each request.
+                if !self.sendable(campaign).await {
+                    return unsent(id, attempts, last_error);
+                }
+                attempts += 1;
+                self.inner.dispatcher.attempt(&plan.channel, &message).await
+            };
+            let (reason, retry_after) = match attempt {
                 Attempt::Accepted {
                     provider_message_id,
                 } => {

@@ -7,13 +7,16 @@
 //! status check, retries), [`budget`] (the Postgres-held GCRA), [`plan`] (what a
 //! campaign sends with), [`status_cache`] (checked before every single
 //! dispatch), [`ledger`] and [`recorder`] (claims and outcomes), [`waits`] (why a
-//! campaign is not moving), [`dispatch`] (the providers).
+//! campaign is not moving), [`dispatch`] (the providers), [`in_flight`] and
+//! `control_ack` (what a control ack reports).
 
 pub mod batch;
 pub mod budget;
 pub mod config;
+mod control_ack;
 pub mod deliver;
 pub mod dispatch;
+pub mod in_flight;
 pub mod ledger;
 pub mod plan;
 pub mod recorder;
@@ -31,6 +34,7 @@ use herald_core::config::CommonConfig;
 use herald_core::contracts::{ControlAction, SendBatch};
 use herald_core::control::{ControlSignal, spawn_control_listener};
 use herald_core::outbox::Outbox;
+use herald_core::presence::Presence;
 use herald_core::transitions::Lifecycle;
 use herald_core::work::{WorkerIdentity, run_work_loop};
 use sqlx::PgPool;
@@ -40,6 +44,7 @@ use uuid::Uuid;
 
 pub use crate::config::SenderConfig;
 use crate::dispatch::Dispatcher;
+use crate::in_flight::InFlight;
 use crate::plan::PlanCache;
 use crate::recorder::OutcomeRecorder;
 use crate::status_cache::StatusCache;
@@ -71,6 +76,10 @@ struct SenderInner {
     /// waits for them (a `kill -9` leaves their rows to lease expiry).
     detached: TaskTracker,
     applied: Mutex<Vec<AppliedControl>>,
+    /// Requests per campaign between their status check and the provider's answer.
+    in_flight: Arc<InFlight>,
+    /// Heartbeats and control acks.
+    presence: Presence,
 }
 
 /// One sender replica. Cheap to clone.
@@ -136,6 +145,13 @@ impl Sender {
                 ),
                 detached: TaskTracker::new(),
                 applied: Mutex::new(Vec::new()),
+                in_flight: Arc::default(),
+                presence: Presence::new(
+                    &bus,
+                    "sender",
+                    &replica_id,
+                    config.control.control_fast_path,
+                ),
                 pool,
                 bus,
                 config,
@@ -158,7 +174,14 @@ impl Sender {
         self.inner.applied.lock().expect("applied lock").clone()
     }
 
-    /// Acts on a control message: distrust the cache and wake waiting dispatches.
+    /// Requests of `campaign` on this replica between their status check and
+    /// the provider's answer.
+    pub fn in_flight(&self, campaign: Uuid) -> u64 {
+        self.inner.in_flight.count(campaign)
+    }
+
+    /// Acts on a control message: distrust the cache and wake waiting dispatches,
+    /// then ack it once Postgres's status is in the cache (`control_ack`).
     /// The decision itself is taken from Postgres on the next check.
     pub fn apply_control(&self, signal: &ControlSignal) {
         let campaign = signal.message.campaign_id;
@@ -182,6 +205,9 @@ impl Sender {
             published_at: signal.published_at,
             applied_at,
         });
+        drop(applied);
+        let (sender, signal) = (self.clone(), signal.clone());
+        tokio::spawn(async move { sender.acknowledge(signal).await });
     }
 
     /// Runs the replica until shutdown: the control listener and the work loop.
@@ -193,13 +219,14 @@ impl Sender {
             &shutdown,
         )
         .await?;
+        let heartbeat = self.inner.presence.spawn(&shutdown);
         let control = {
             let sender = self.clone();
             spawn_control_listener(
                 &self.inner.bus,
                 &self.inner.config.control,
-                "sender",
-                &self.inner.replica_id,
+                ("sender", &self.inner.replica_id),
+                self.inner.presence.progress(),
                 &shutdown,
                 move |signal| sender.apply_control(&signal),
             )
@@ -241,6 +268,7 @@ impl Sender {
         if let Some(control) = control {
             let _ = control.await;
         }
+        let _ = heartbeat.await;
         Ok(())
     }
 }

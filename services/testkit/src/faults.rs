@@ -446,6 +446,26 @@ impl HeraldProcess {
         }
     }
 
+    /// Freezes the process (`SIGSTOP`): it holds its connections but answers
+    /// nothing until [`HeraldProcess::sigcont`].
+    pub fn sigstop(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen process run again (`SIGCONT`).
+    pub fn sigcont(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("the process runs").to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill {signal} {pid} failed");
+    }
+
     /// Starts the process again with the same command and environment (killing it
     /// first if it still runs).
     pub fn restart(&mut self) {

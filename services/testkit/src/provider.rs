@@ -39,6 +39,8 @@ type Script = dyn Fn(&RecordedRequest) -> Reply + Send + Sync;
 struct DoubleState {
     requests: Mutex<Vec<RecordedRequest>>,
     attempts: Mutex<HashMap<String, u32>>,
+    /// When each answer was sent, in order.
+    answered: Mutex<Vec<Instant>>,
     delay: Duration,
     script: Box<Script>,
 }
@@ -100,6 +102,12 @@ async fn handle(
     if !state.delay.is_zero() {
         tokio::time::sleep(state.delay).await;
     }
+    let response = answer(reply, id).await;
+    state.answered.lock().expect("lock").push(Instant::now());
+    response
+}
+
+async fn answer(reply: Reply, id: String) -> Response {
     match reply {
         Reply::Ok => (StatusCode::OK, axum::Json(serde_json::json!({ "id": id }))).into_response(),
         Reply::Status(code) => (
@@ -133,6 +141,7 @@ impl ProviderDouble {
         let state = Arc::new(DoubleState {
             requests: Mutex::new(Vec::new()),
             attempts: Mutex::new(HashMap::new()),
+            answered: Mutex::new(Vec::new()),
             delay,
             script: Box::new(script),
         });
@@ -188,6 +197,12 @@ impl ProviderDouble {
 
     pub fn request_count(&self) -> usize {
         self.state.requests.lock().expect("lock").len()
+    }
+
+    /// When each answer left the double (after its delay), in order; a request
+    /// still waiting for its answer is not here yet.
+    pub fn answered(&self) -> Vec<Instant> {
+        self.state.answered.lock().expect("lock").clone()
     }
 
     /// How many requests each idempotency key received.

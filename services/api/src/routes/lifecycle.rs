@@ -2,15 +2,16 @@
 //! `pause`, ...), bulk transitions over many campaigns, and the event history.
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use herald_core::campaigns::fetch_campaign;
 use herald_core::lifecycle::Action;
 use herald_core::transitions::TransitionRequest;
 use sqlx::Row;
 use uuid::Uuid;
 
+use crate::acks::{AckWait, Acks, WaitQuery};
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, AuthTenant, IfMatch, RequestCorrelation};
 use crate::routes::campaigns::validate_scheduled_at;
@@ -51,13 +52,24 @@ fn schedule_body(body: &[u8]) -> ApiResult<ScheduleBody> {
     }
 }
 
+/// The answer of a pause or stop with `wait`: the campaign plus the replicas' acks.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct AcknowledgedTransition {
+    #[serde(flatten)]
+    pub campaign: CampaignView,
+    /// Present only when the request asked to `wait`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acks: Option<Acks>,
+}
+
 #[utoipa::path(post, path = "/v1/campaigns/{id}/{action}",
     params(("id" = Uuid, Path),
            ("action" = TransitionAction, Path, description = "schedule, unschedule, start, pause, resume or stop"),
+           WaitQuery,
            ("If-Match" = Option<i64>, Header, nullable = false, description = "expected campaign version"),
            ("X-Correlation-Id" = Option<String>, Header, nullable = false, pattern = "^[A-Za-z0-9._:-]{1,128}$", description = "the caller's id for this request; recorded on its events and carried on the bus (400 when malformed)")),
     request_body(content = Option<ScheduleBody>, description = "Optional: empty, `null` or an object; only `schedule` reads `scheduled_at`"),
-    responses((status = 200, description = "The transition was committed; the campaign after it", body = CampaignView,
+    responses((status = 200, description = "The transition was committed; the campaign after it. With `wait` (pause and stop), also `acks`: which live replicas applied it (and drained, for `wait=drained`) within `timeout_ms`, and which are `missing`; still 200 when some are, since the transition has committed", body = AcknowledgedTransition,
                headers(("ETag" = String, description = "The campaign's new version, quoted"))),
               (status = 400, body = ErrorBody),
               (status = 404, description = "No such campaign for this tenant, or an unknown action", body = ErrorBody),
@@ -69,11 +81,14 @@ pub async fn transition_campaign(
     auth: AuthTenant,
     correlation: RequestCorrelation,
     path: Result<Path<(Uuid, String)>, axum::extract::rejection::PathRejection>,
+    query: Result<Query<WaitQuery>, axum::extract::rejection::QueryRejection>,
     if_match: Option<IfMatch>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> ApiResult<impl IntoResponse> {
+) -> ApiResult<Response> {
     let Path((id, action)) = path?;
     let action = parse_action(&action)?;
+    let Query(query) = query?;
+    let wait = query.parse(action)?;
     // Over the body limit: 413 in the JSON error shape, not axum's plain text.
     let body = body?;
     // Empty and `null` are both "no body" (the document marks the body optional
@@ -81,6 +96,11 @@ pub async fn transition_campaign(
     let schedule = schedule_body(&body)?;
     // Bound into the transition's UPDATE whatever the action.
     validate_scheduled_at(schedule.scheduled_at)?;
+    // Before the commit, so no ack can be missed (crate::acks).
+    let acks = match wait {
+        Some(wait) => Some(AckWait::subscribe(&state.bus, id, wait, state.replicas.live()).await),
+        None => None,
+    };
     let done = state
         .lifecycle
         .apply(TransitionRequest {
@@ -93,11 +113,23 @@ pub async fn transition_campaign(
         })
         .await?;
     tracing::info!(campaign_id = %id, %action, from = %done.from, to = %done.campaign.status, "transition committed");
-    let etag = format!("\"{}\"", done.campaign.version);
-    Ok((
-        [(axum::http::header::ETAG, etag)],
-        axum::Json(CampaignView::of(done.campaign, &state)),
-    ))
+    let etag = [(
+        axum::http::header::ETAG,
+        format!("\"{}\"", done.campaign.version),
+    )];
+    let campaign = CampaignView::of(done.campaign, &state);
+    Ok(match acks {
+        None => (etag, axum::Json(campaign)).into_response(),
+        Some(acks) => {
+            let acks = acks.collect(done.correlation_id).await;
+            tracing::info!(campaign_id = %id, complete = acks.complete, waited_ms = acks.waited_ms, "acks collected");
+            let body = AcknowledgedTransition {
+                campaign,
+                acks: Some(acks),
+            };
+            (etag, axum::Json(body)).into_response()
+        }
+    })
 }
 
 #[utoipa::path(post, path = "/v1/campaigns/bulk/{action}",

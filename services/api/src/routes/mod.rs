@@ -9,5 +9,6 @@ pub mod lifecycle;
 pub mod progress;
 pub mod receipts;
 pub mod recipients;
+pub mod replicas;
 pub mod suppression_import;
 pub mod suppressions;

@@ -9,6 +9,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::acks::HaltArgs;
 use super::{ApiArgs, ApiClient, CliError, cell, finish, pretty, short_time, table, truncate};
 
 #[derive(Debug, Args)]
@@ -41,12 +42,13 @@ pub enum CampaignCommand {
     },
     /// Turn a scheduled campaign back into a draft.
     Unschedule(TransitionArgs),
-    /// Pause sending; in-flight sends finish, nothing new is claimed.
-    Pause(TransitionArgs),
+    /// Pause sending; in-flight sends finish, nothing new is claimed. With
+    /// --wait, answers once the replicas have applied it and prints their acks.
+    Pause(HaltArgs),
     /// Resume a paused campaign: sends exactly what remains.
     Resume(TransitionArgs),
-    /// Stop for good.
-    Stop(TransitionArgs),
+    /// Stop for good (--wait as for pause).
+    Stop(HaltArgs),
     /// List campaigns, newest first.
     List {
         /// Only campaigns in this status.
@@ -175,13 +177,13 @@ async fn execute(client: &ApiClient, command: CampaignCommand, json: bool) -> Re
             print_import(&result, json);
         }
         CampaignCommand::Start(t) => transition(client, "start", t, None, json).await?,
+        CampaignCommand::Pause(h) => halt(client, "pause", h, json).await?,
+        CampaignCommand::Stop(h) => halt(client, "stop", h, json).await?,
         CampaignCommand::Schedule { transition: t, at } => {
             transition(client, "schedule", t, at, json).await?
         }
         CampaignCommand::Unschedule(t) => transition(client, "unschedule", t, None, json).await?,
-        CampaignCommand::Pause(t) => transition(client, "pause", t, None, json).await?,
         CampaignCommand::Resume(t) => transition(client, "resume", t, None, json).await?,
-        CampaignCommand::Stop(t) => transition(client, "stop", t, None, json).await?,
         CampaignCommand::List {
             status,
             limit,
@@ -278,6 +280,17 @@ async fn import(client: &ApiClient, id: Uuid, file: &std::path::Path) -> Result<
     client.send(request).await
 }
 
+/// A pause or stop, with the replicas' acks when it waited for them.
+async fn halt(client: &ApiClient, action: &str, args: HaltArgs, json: bool) -> Result<(), CliError> {
+    let query = args.query();
+    let campaign = send_transition(client, action, args.transition, None, &query).await?;
+    print_transition(&campaign, json);
+    if !json && campaign.get("acks").is_some() {
+        super::acks::print_acks(&campaign["acks"]);
+    }
+    Ok(())
+}
+
 async fn transition(
     client: &ApiClient,
     action: &str,
@@ -285,7 +298,21 @@ async fn transition(
     scheduled_at: Option<DateTime<Utc>>,
     json: bool,
 ) -> Result<(), CliError> {
-    let mut request = client.request(Method::POST, &format!("/v1/campaigns/{}/{action}", args.id));
+    let campaign = send_transition(client, action, args, scheduled_at, &[]).await?;
+    print_transition(&campaign, json);
+    Ok(())
+}
+
+async fn send_transition(
+    client: &ApiClient,
+    action: &str,
+    args: TransitionArgs,
+    scheduled_at: Option<DateTime<Utc>>,
+    query: &[(&str, String)],
+) -> Result<Value, CliError> {
+    let mut request = client
+        .request(Method::POST, &format!("/v1/campaigns/{}/{action}", args.id))
+        .query(query);
     if let Some(version) = args.if_match {
         request = request.header(reqwest::header::IF_MATCH, version.to_string());
     }
@@ -295,9 +322,12 @@ async fn transition(
     if let Some(at) = scheduled_at {
         request = request.json(&json!({"scheduled_at": at}));
     }
-    let campaign = client.call(request).await?;
+    client.call(request).await
+}
+
+fn print_transition(campaign: &Value, json: bool) {
     if json {
-        println!("{}", pretty(&campaign));
+        println!("{}", pretty(campaign));
     } else {
         println!(
             "{}: {} (version {})",
@@ -306,7 +336,6 @@ async fn transition(
             cell(&campaign["version"])
         );
     }
-    Ok(())
 }
 
 async fn list(

@@ -7,6 +7,7 @@
 //! Errors go to stderr; with `--json` the API's error document also goes to
 //! stdout, so scripts can read `.error.code`.
 
+pub mod acks;
 pub mod campaign;
 pub mod channel;
 pub mod dlq;
