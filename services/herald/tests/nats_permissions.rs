@@ -12,8 +12,9 @@ use std::time::Duration;
 use herald_core::bus::Bus;
 use herald_core::config::CommonConfig;
 use herald_core::contracts::{ControlAction, ControlMessage, encode};
-use herald_testkit::faults::{AuthNatsServer, ProcessStack, Role, nats_password};
+use herald_testkit::faults::{AuthNatsServer, ProcessStack, Role, nats_password, wait_until};
 use herald_testkit::{ProviderDouble, read_stream};
+use reqwest::Method;
 use uuid::Uuid;
 
 /// Herald's settings for one user on the auth server, with the default
@@ -150,9 +151,24 @@ async fn api_packer_and_sender_processes_each_with_their_own_nats_user_run_a_cam
     let total = 500;
     let id = stack.create_campaign(provider.webhook_channel()).await;
     stack.import(id, total).await;
+    // Heartbeats reach the api under the worker users...
+    wait_until("three live replicas", Duration::from_secs(30), || async {
+        let (_, body) = stack.call(Method::GET, "/v1/replicas", None).await;
+        (body["items"].as_array()?.len() == 3).then_some(())
+    })
+    .await;
     assert_eq!(stack.transition(id, "start").await.0, 200);
-    // A pause and resume exercise the control consumers under the worker users.
-    assert_eq!(stack.transition(id, "pause").await.0, 200);
+    // A pause and resume exercise the control consumers under the worker users,
+    // and the pause's acks come back from every replica.
+    let (status, body) = stack
+        .call(
+            Method::POST,
+            &format!("/v1/campaigns/{id}/pause?wait=applied&timeout_ms=10000"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["acks"]["complete"], true, "{body}");
     assert_eq!(stack.transition(id, "resume").await.0, 200);
     stack.assert_settled(id, total).await;
     let per_key = provider.per_key();

@@ -39,6 +39,7 @@ use crate::env::with_env;
 use crate::sink::Sink;
 use crate::stack::{InProcessStack, packer_config, sender_config, with_stack_configs};
 
+mod acked;
 mod figures;
 mod response;
 
@@ -59,6 +60,8 @@ struct Sample {
     missed: usize,
     last_request_ms: f64,
     overshoot: u64,
+    /// Request to response of the pause itself.
+    round_trip_ms: f64,
 }
 
 impl Sample {
@@ -76,6 +79,8 @@ impl Sample {
 #[derive(Debug, Default)]
 struct Series {
     samples: Vec<Sample>,
+    /// Acknowledged pauses (fast path only): `acked`.
+    acked: Vec<acked::AckedSample>,
     discarded: usize,
     campaigns: usize,
 }
@@ -104,6 +109,9 @@ impl Series {
     }
     fn overshoot(&self) -> Vec<f64> {
         self.samples.iter().map(|s| s.overshoot as f64).collect()
+    }
+    fn round_trip(&self) -> Vec<f64> {
+        self.samples.iter().map(|s| s.round_trip_ms).collect()
     }
     fn missed(&self) -> usize {
         self.samples.iter().map(|s| s.missed).sum()
@@ -195,6 +203,7 @@ impl Runner<'_> {
         let phase = rand::random_range(0..self.ttl.as_micros().max(1) as u64);
         tokio::time::sleep(Duration::from_micros(phase)).await;
         let requested_at = Utc::now();
+        let asked = Instant::now();
         let (status, _) = client.transition(id, "pause").await?;
         let answered = Instant::now();
         let answered_at = Utc::now();
@@ -210,7 +219,10 @@ impl Runner<'_> {
             *n += 1;
             *n - 1
         };
-        let mut sample = Sample::default();
+        let mut sample = Sample {
+            round_trip_ms: (answered - asked).as_secs_f64() * 1000.0,
+            ..Sample::default()
+        };
         if self.fast_path {
             let deadline = answered + Duration::from_secs(2);
             let mut pending: Vec<&herald_sender::Sender> = self.stack.senders.iter().collect();
@@ -304,6 +316,9 @@ async fn measure(args: &BenchArgs, fast_path: bool, iterations: usize) -> anyhow
                     );
                     if let Some(sample) = runner.iteration().await? {
                         runner.series.samples.push(sample);
+                        if fast_path && let Some(acked) = runner.acked_iteration().await? {
+                            runner.series.acked.push(acked);
+                        }
                         let done = runner.series.samples.len();
                         if done % 20 == 0 || done == iterations {
                             eprintln!("   {done}/{iterations} pauses");

@@ -117,6 +117,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<ScenarioReport> {
         times,
         none,
     );
+    acked_figures(&mut report, &fast, args.packers + senders);
     let applies = fast.apply().len();
     let early = fast.applied_before_response();
     report.push(Figure::new(
@@ -169,6 +170,43 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<ScenarioReport> {
     response_figures(args, &mut report, Duration::from_millis(ttl_ms)).await?;
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The acknowledged pause's round trip against the plain pause of the same run.
+fn acked_figures(report: &mut ScenarioReport, fast: &super::Series, replicas: usize) {
+    let acked: Vec<f64> = fast.acked.iter().map(|a| a.round_trip_ms).collect();
+    let (a, p) = (summary(&acked), summary(&fast.round_trip()));
+    for (q, value, baseline) in [("p50", a.0, p.0), ("p99", a.1, p.1), ("max", a.2, p.2)] {
+        report.push(
+            Figure::new(
+                format!("acked_round_trip_ms_{q}"),
+                format!("acknowledged pause (wait=applied), request to response with every ack, {q}"),
+                value,
+                "ms",
+            )
+            .against(baseline, "plain pause, same run", RatioKind::TimesBaseline),
+        );
+    }
+    let incomplete = fast
+        .acked
+        .iter()
+        .filter(|a| a.missing > 0 || a.acked < replicas)
+        .count();
+    report.push(
+        Figure::new(
+            "acked_incomplete",
+            format!("acknowledged pauses without all {replicas} replicas acked"),
+            incomplete as f64,
+            "pauses",
+        )
+        .target("0", incomplete == 0),
+    );
+    report.push(Figure::new(
+        "acked_iterations",
+        "acknowledged pauses measured",
+        fast.acked.len() as f64,
+        "pauses",
+    ));
 }
 
 /// The pause answer under load, with every service a process: only when the
