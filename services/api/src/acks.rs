@@ -173,9 +173,7 @@ impl AckWait {
                 let next = tokio::time::timeout_at(deadline, subscription.next()).await;
                 let Ok(Some(message)) = next else { break };
                 match contracts::decode::<ControlAck>(&message.payload) {
-                    Ok(ack) if ack.control_correlation_id == correlation => {
-                        record(&mut acked, ack)
-                    }
+                    Ok(ack) if ack.control_correlation_id == correlation => record(&mut acked, ack),
                     Ok(_) => {}
                     Err(error) => tracing::debug!(%error, "bad control ack ignored"),
                 }

@@ -7,7 +7,8 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{
-    campaigns, channels, duplicate, health, lifecycle, progress, receipts, replicas, recipients, suppressions,
+    campaigns, channels, duplicate, health, lifecycle, progress, receipts, recipients, replicas,
+    suppressions,
 };
 use crate::suppression_views::*;
 use crate::views::*;

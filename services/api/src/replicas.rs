@@ -114,7 +114,9 @@ async fn listen(table: Weak<Table>, bus: Bus, shutdown: CancellationToken) {
             let Some(inner) = table.upgrade() else { return };
             match contracts::decode::<PresenceBeat>(&message.payload) {
                 Ok(beat) => ReplicaTable::record(&inner, beat),
-                Err(error) => tracing::debug!(%error, subject = %message.subject, "bad heartbeat ignored"),
+                Err(error) => {
+                    tracing::debug!(%error, subject = %message.subject, "bad heartbeat ignored")
+                }
             }
         }
     }

@@ -4,7 +4,8 @@
 //! (`reason`), the bus contracts
 //! (`contracts`), the JetStream layout (`bus`), the outbox relay (`outbox`), the
 //! recipient ledger (`ledger`), and the consumer loops that every worker runs
-//! (`work`, `control`, on the self-healing pulls of `pull`). Tenants' suppression lists
+//! (`work`, `control`, on the self-healing pulls of `pull`), and the replicas'
+//! heartbeats and control acks (`presence`). Tenants' suppression lists
 //! live in `suppressions`. Postgres is the source of truth; NATS only distributes.
 
 pub mod address;

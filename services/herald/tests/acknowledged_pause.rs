@@ -43,10 +43,14 @@ fn expected(packers: usize, senders: usize) -> BTreeSet<(String, String)> {
 
 /// Waits until `GET /v1/replicas` lists exactly `want`; returns the list.
 async fn wait_for_replicas(client: &ApiClient, want: &BTreeSet<(String, String)>) -> Value {
-    wait_until("the replicas to be live", Duration::from_secs(30), || async {
-        let (status, body) = client.call(Method::GET, "/v1/replicas", None).await;
-        (status == 200 && members(&body["items"]) == *want).then_some(body)
-    })
+    wait_until(
+        "the replicas to be live",
+        Duration::from_secs(30),
+        || async {
+            let (status, body) = client.call(Method::GET, "/v1/replicas", None).await;
+            (status == 200 && members(&body["items"]) == *want).then_some(body)
+        },
+    )
     .await
 }
 
@@ -93,11 +97,15 @@ async fn an_acknowledged_pause_lists_every_live_replica_as_applied_and_none_miss
     }
 
     // Each replica announces the pause it applied: no control lag left.
-    wait_until("every replica to report no control lag", Duration::from_secs(10), || async {
-        let (_, body) = stack.call(Method::GET, "/v1/replicas", None).await;
-        let items = body["items"].as_array()?.clone();
-        (items.len() == 5 && items.iter().all(|r| r["control_lag"] == 0)).then_some(())
-    })
+    wait_until(
+        "every replica to report no control lag",
+        Duration::from_secs(10),
+        || async {
+            let (_, body) = stack.call(Method::GET, "/v1/replicas", None).await;
+            let items = body["items"].as_array()?.clone();
+            (items.len() == 5 && items.iter().all(|r| r["control_lag"] == 0)).then_some(())
+        },
+    )
     .await;
 
     // Without `wait`, the answer is the plain campaign, as before.
@@ -125,7 +133,10 @@ async fn a_replica_without_the_control_fast_path_is_listed_missing_and_not_waite
     let acks = &body["acks"];
     assert_eq!(members(&acks["replicas"]), expected(1, 0), "{acks}");
     assert_eq!(members(&acks["missing"]), expected(0, 1), "{acks}");
-    assert_eq!(acks["missing"][0]["reason"], "control_fast_path_off", "{acks}");
+    assert_eq!(
+        acks["missing"][0]["reason"], "control_fast_path_off",
+        "{acks}"
+    );
     // Not waited for: the packer's ack ended the wait, not the timeout.
     assert!(acks["waited_ms"].as_u64().unwrap() < 30_000, "{acks}");
     stack.stop().await;
@@ -158,9 +169,12 @@ async fn a_frozen_sender_is_listed_missing_and_the_pause_still_answers_200_withi
     let _thaw = Thaw(frozen);
     let timeout = Duration::from_millis(2000);
     let query = format!("wait=applied&timeout_ms={}", timeout.as_millis());
-    let answer = tokio::time::timeout(timeout + Duration::from_secs(10), pause_with(&stack, id, &query))
-        .await
-        .expect("the pause answers once its timeout has passed");
+    let answer = tokio::time::timeout(
+        timeout + Duration::from_secs(10),
+        pause_with(&stack, id, &query),
+    )
+    .await
+    .expect("the pause answers once its timeout has passed");
     let (status, body) = answer;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "paused", "{body}");
@@ -204,7 +218,11 @@ async fn wait_drained_answers_only_after_the_provider_answered_every_request_in_
         "no request was in flight at the pause: nothing to drain"
     );
     // ...and every request had its answer before the api answered.
-    assert_eq!(answers.len(), requests, "a request was still unanswered: {acks}");
+    assert_eq!(
+        answers.len(),
+        requests,
+        "a request was still unanswered: {acks}"
+    );
     assert!(answers.iter().all(|at| *at < answered_at), "{acks}");
     stack.stop().await;
 }

@@ -33,8 +33,8 @@ impl Sender {
         }
         // No request outlives the provider timeout; a retry waits unless paused,
         // so it is released instead of sent.
-        let limit = Duration::from_millis(self.inner.config.provider_timeout_ms)
-            + Duration::from_secs(5);
+        let limit =
+            Duration::from_millis(self.inner.config.provider_timeout_ms) + Duration::from_secs(5);
         let drained = self.inner.in_flight.drained(campaign);
         if tokio::time::timeout(limit, drained).await.is_ok() {
             presence.publish_ack(&presence.ack_of(&signal, 0)).await;

@@ -97,7 +97,10 @@ mod tests {
         };
         drop(first);
         tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiter.is_finished(), "one request of the campaign is still out");
+        assert!(
+            !waiter.is_finished(),
+            "one request of the campaign is still out"
+        );
         drop(second);
         tokio::time::timeout(Duration::from_secs(5), waiter)
             .await

@@ -64,7 +64,9 @@ pub fn print_acks(acks: &Value) {
     for replica in replicas {
         let reason = missing
             .iter()
-            .find(|m| m["replica_id"] == replica["replica_id"] && m["service"] == replica["service"])
+            .find(|m| {
+                m["replica_id"] == replica["replica_id"] && m["service"] == replica["service"]
+            })
             .map_or_else(|| "-".to_owned(), |m| cell(&m["reason"]));
         rows.add_row([
             cell(&replica["replica_id"]),

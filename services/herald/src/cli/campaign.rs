@@ -281,7 +281,12 @@ async fn import(client: &ApiClient, id: Uuid, file: &std::path::Path) -> Result<
 }
 
 /// A pause or stop, with the replicas' acks when it waited for them.
-async fn halt(client: &ApiClient, action: &str, args: HaltArgs, json: bool) -> Result<(), CliError> {
+async fn halt(
+    client: &ApiClient,
+    action: &str,
+    args: HaltArgs,
+    json: bool,
+) -> Result<(), CliError> {
     let query = args.query();
     let campaign = send_transition(client, action, args.transition, None, &query).await?;
     print_transition(&campaign, json);

@@ -180,7 +180,9 @@ fn acked_figures(report: &mut ScenarioReport, fast: &super::Series, replicas: us
         report.push(
             Figure::new(
                 format!("acked_round_trip_ms_{q}"),
-                format!("acknowledged pause (wait=applied), request to response with every ack, {q}"),
+                format!(
+                    "acknowledged pause (wait=applied), request to response with every ack, {q}"
+                ),
                 value,
                 "ms",
             )
