@@ -139,6 +139,23 @@ async fn a_replica_without_the_control_fast_path_is_listed_missing_and_not_waite
     );
     // Not waited for: the packer's ack ended the wait, not the timeout.
     assert!(acks["waited_ms"].as_u64().unwrap() < 30_000, "{acks}");
+
+    // The CLI's stop takes the same wait and prints one row per replica.
+    let output = tokio::process::Command::new(herald())
+        .args(["campaign", "stop", &id.to_string(), "--wait", "applied"])
+        .args(["--timeout-ms", "5000"])
+        .env("HERALD_API_URL", &stack.api.base_url)
+        .env("HERALD_TOKEN", &stack.token)
+        .output()
+        .await
+        .expect("herald runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(stdout.contains("stopped"), "{stdout}");
+    assert!(stdout.contains("1 acked, 1 missing"), "{stdout}");
+    for cell in ["packer-0", "sender-0", "control_fast_path_off"] {
+        assert!(stdout.contains(cell), "{cell} not in {stdout}");
+    }
     stack.stop().await;
 }
 
