@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use herald_sender::SenderConfig;
-use herald_testkit::faults::{ProcessStack, wait_until};
+use herald_testkit::faults::{HeraldProcess, ProcessStack, wait_until};
 use herald_testkit::{ApiClient, NatsServer, ProviderDouble, Stack, test_sender_config};
 use reqwest::Method;
 use serde_json::Value;
@@ -159,8 +159,33 @@ async fn a_replica_without_the_control_fast_path_is_listed_missing_and_not_waite
     stack.stop().await;
 }
 
+/// `SIGSTOP`s `process` at a moment it holds no open transaction. Frozen inside
+/// one (a claim holds the campaign's claim gate, a release its row), it would
+/// hold the pause's commit itself, not only its ack, until it runs again: that
+/// is not what this test is about (the report of issue 13 notes it).
+async fn freeze_outside_a_transaction(process: &HeraldProcess, pool: &sqlx::PgPool) {
+    for _ in 0..20 {
+        process.sigstop();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let stuck: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND state LIKE 'idle in transaction%'
+               AND now() - state_change > interval '250 milliseconds'",
+        )
+        .fetch_one(pool)
+        .await
+        .expect("pg_stat_activity");
+        if stuck == 0 {
+            return;
+        }
+        process.sigcont();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("the sender was inside a transaction at every attempt to freeze it");
+}
+
 /// Lets a frozen process run again however the test ends.
-struct Thaw<'a>(&'a herald_testkit::faults::HeraldProcess);
+struct Thaw<'a>(&'a HeraldProcess);
 
 impl Drop for Thaw<'_> {
     fn drop(&mut self) {
@@ -178,11 +203,12 @@ async fn a_frozen_sender_is_listed_missing_and_the_pause_still_answers_200_withi
     })
     .await;
     wait_for_replicas(&stack, &expected(1, 3)).await;
-    let id = sending_campaign(&stack, &provider, 3000).await;
+    let id = sending_campaign(&stack, &provider, 10_000).await;
 
     // Still live for up to three heartbeats, but it answers nothing.
     let frozen = &stack.senders[1];
-    frozen.sigstop();
+    let pool = stack.pool();
+    freeze_outside_a_transaction(frozen, &pool).await;
     let _thaw = Thaw(frozen);
     let timeout = Duration::from_millis(2000);
     let query = format!("wait=applied&timeout_ms={}", timeout.as_millis());
