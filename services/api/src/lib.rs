@@ -5,6 +5,7 @@
 //! and then published through the outbox; this process also runs the outbox relay
 //! and the scheduler.
 
+pub mod ab_views;
 pub mod acks;
 pub mod csv_upload;
 pub mod error;
@@ -139,6 +140,10 @@ pub fn router(state: AppState) -> Router {
             post(routes::duplicate::duplicate_campaign),
         )
         .route("/v1/campaigns/{id}/events", get(l::campaign_events))
+        .route(
+            "/v1/campaigns/{id}/ab/winner",
+            post(routes::ab::pick_winner),
+        )
         .route(
             "/v1/campaigns/{id}/progress",
             get(routes::progress::campaign_progress),

@@ -7,7 +7,8 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{
-    campaigns, channels, duplicate, health, lifecycle, progress, receipts, recipients, replicas,
+    ab, campaigns, channels, duplicate, health, lifecycle, progress, receipts, recipients,
+    replicas,
     suppressions,
 };
 use crate::suppression_views::*;
@@ -115,6 +116,7 @@ impl Modify for Conventions {
         lifecycle::transition_campaign,
         lifecycle::bulk_transition,
         lifecycle::campaign_events,
+        ab::pick_winner,
         progress::campaign_progress,
         recipients::import_recipients,
         recipients::list_recipients,
@@ -136,7 +138,9 @@ impl Modify for Conventions {
         SuppressionImport, SuppressionInput, SuppressionResult, SuppressionView, SuppressionPage,
         herald_core::reason::Reason, receipts::ReceiptsResult, herald_core::campaigns::Funnel,
         lifecycle::AcknowledgedTransition, crate::acks::Acks, crate::acks::AckedReplica,
-        crate::acks::MissingReplica, crate::acks::WaitFor, replicas::ReplicaView, replicas::ReplicaList)),
+        crate::acks::MissingReplica, crate::acks::WaitFor, replicas::ReplicaView, replicas::ReplicaList,
+        VariantSpec, VariantView, AbTestView, WinnerBody, herald_core::ab::AbTest,
+        herald_core::ab::WinnerMetric, herald_core::ab::VariantCounters)),
     modifiers(&BearerAuth, &Conventions)
 )]
 #[derive(Debug)]

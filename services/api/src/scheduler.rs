@@ -1,4 +1,5 @@
-//! Starts `scheduled` campaigns when their time comes.
+//! Starts `scheduled` campaigns when their time comes, and decides A/B tests
+//! whose automatic decision is due (`herald_core::ab::decision`).
 //!
 //! Safe with several api replicas: each start goes through the lifecycle's row
 //! lock, so a campaign that another replica started already is refused as an
@@ -7,6 +8,7 @@
 use std::time::Duration;
 
 use herald_core::CancellationToken;
+use herald_core::ab::decision::{self, DecideError, Pick};
 use herald_core::lifecycle::Action;
 use herald_core::transitions::{Actor, Lifecycle, TransitionError, TransitionRequest};
 use uuid::Uuid;
@@ -49,10 +51,31 @@ pub async fn start_due_campaigns(lifecycle: &Lifecycle) -> Result<usize, sqlx::E
     Ok(started)
 }
 
+/// One pass of automatic A/B decisions: picks the winner of every sending
+/// campaign whose decision is due, by its metric. Returns how many it decided.
+/// Another replica deciding first makes this one's attempt `AlreadyDecided`.
+pub async fn decide_due_ab_tests(lifecycle: &Lifecycle) -> Result<usize, sqlx::Error> {
+    let mut decided = 0;
+    for id in decision::due_decisions(&lifecycle.pool, 100).await? {
+        let actor = Actor::system("scheduler");
+        match decision::decide(lifecycle, id, None, Pick::Metric, &actor).await {
+            Ok(_) => decided += 1,
+            Err(DecideError::Database(e)) => return Err(e),
+            Err(other) => {
+                tracing::debug!(campaign_id = %id, error = %other, "A/B decision skipped")
+            }
+        }
+    }
+    Ok(decided)
+}
+
 pub async fn run_scheduler(lifecycle: Lifecycle, interval: Duration, shutdown: CancellationToken) {
     loop {
         if let Err(error) = start_due_campaigns(&lifecycle).await {
             tracing::warn!(%error, "scheduler pass failed");
+        }
+        if let Err(error) = decide_due_ab_tests(&lifecycle).await {
+            tracing::warn!(%error, "A/B decision pass failed");
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

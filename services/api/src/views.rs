@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
+use herald_core::ab::AbTest;
 use herald_core::address::AddressKind;
 use herald_core::campaigns::{Campaign, Counters, Funnel};
 use herald_core::channel::ChannelConfig;
@@ -16,6 +17,7 @@ use uuid::Uuid;
 
 use crate::state::AppState;
 
+pub use crate::ab_views::*;
 pub use crate::import_views::*;
 pub use crate::lifecycle_views::*;
 
@@ -55,7 +57,17 @@ pub struct CreateCampaign {
     /// keys, plus the optional `address_kind` and `default_region`).
     #[serde(default)]
     pub channel: Option<ChannelConfig>,
-    pub template: TemplateSpec,
+    /// The message; not with `variants`.
+    #[serde(default)]
+    pub template: Option<TemplateSpec>,
+    /// An A/B/n test instead of `template`: 2 to 5 variants, each recipient
+    /// assigned one by weight (docs/AB_TESTS.md).
+    #[serde(default)]
+    #[schema(min_items = 2, max_items = 5)]
+    pub variants: Option<Vec<VariantSpec>>,
+    /// With `variants`: send a test cohort first, then the rest with the winner.
+    #[serde(default)]
+    pub ab_test: Option<AbTest>,
     /// When this campaign may send, on top of its channel's window.
     #[serde(default)]
     pub send_window: Option<SendWindow>,
@@ -102,11 +114,17 @@ pub struct CampaignView {
     /// That channel's config with secrets replaced by `***`.
     #[schema(value_type = Object)]
     pub channel: serde_json::Value,
-    #[schema(value_type = Object)]
+    /// The message; null for an A/B campaign (see `variants`).
+    #[schema(value_type = Option<Object>)]
     pub template: serde_json::Value,
-    /// The top-level variables the template uses, sorted (`{{ profile.first }}`
-    /// uses `profile`): what each imported row should carry.
+    /// The top-level variables the template (every variant's, for an A/B
+    /// campaign) uses, sorted (`{{ profile.first }}` uses `profile`): what
+    /// each imported row should carry.
     pub template_variables: Vec<String>,
+    /// An A/B campaign's variants with their counters; null otherwise.
+    pub variants: Option<Vec<VariantView>>,
+    /// Its test-then-winner plan and the winner; null without one.
+    pub ab_test: Option<AbTestView>,
     pub scheduled_at: Option<DateTime<Utc>>,
     /// An extra cap for this campaign alone, in messages per second.
     pub rate_limit_per_second: Option<i32>,
@@ -141,10 +159,14 @@ impl CampaignView {
         let receipts_url = state.receipts_url(c.channel_id, &c.receipts_token);
         let waiting = WaitingView::of(&c);
         let channel = ChannelConfig::redact_stored(c.channel.clone());
-        let template_variables = TemplateSpec::from_stored(&c.template)
-            .and_then(|t| MessageTemplate::compile(&t.body).ok())
-            .map(|t| t.variables())
-            .unwrap_or_default();
+        let template_variables: Vec<String> = stored_templates(&c)
+            .iter()
+            .filter_map(|t| MessageTemplate::compile(&t.body).ok())
+            .flat_map(|t| t.variables())
+            .collect::<std::collections::BTreeSet<String>>()
+            .into_iter()
+            .collect();
+        let (variants, ab_test) = (variant_views(&c), ab_test_view(&c));
         Self {
             id: c.id,
             name: c.name,
@@ -155,6 +177,8 @@ impl CampaignView {
             channel,
             template: c.template,
             template_variables,
+            variants,
+            ab_test,
             scheduled_at: c.scheduled_at,
             rate_limit_per_second: c.rate_limit_per_second,
             send_window: c.send_window.and_then(|w| serde_json::from_value(w).ok()),
@@ -376,6 +400,12 @@ pub struct RecipientView {
     pub last_error: Option<String>,
     pub provider_message_id: Option<String>,
     pub sent_at: Option<DateTime<Utc>>,
+    /// An A/B campaign's variant for this recipient (a `rest` recipient's is
+    /// the winner's once claimed); null in a plain campaign.
+    pub variant: Option<String>,
+    /// `test` or `rest` in a campaign with an `ab_test`; else null.
+    #[schema(pattern = "^(test|rest)$")]
+    pub ab_cohort: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]

@@ -39,6 +39,16 @@ pub struct Campaign {
     /// Failed and skipped recipients by reason code (`crate::reason::Reason`
     /// names; only non-zero counts), from `campaign_reason_counts`.
     pub reasons: BTreeMap<String, i64>,
+    /// An A/B campaign's variants (`[{"name", "template", "weight"}]`, see
+    /// `crate::ab`); None for a plain campaign.
+    pub variants: Option<serde_json::Value>,
+    /// Its test-then-winner plan (`crate::ab::AbTest` as JSON), if any.
+    pub ab_test: Option<serde_json::Value>,
+    /// The winner, once decided.
+    pub ab_winner: Option<String>,
+    pub ab_decided_at: Option<DateTime<Utc>>,
+    /// Counters per variant name (`campaign_variant_counts`, migration 0012).
+    pub variant_counts: BTreeMap<String, crate::ab::VariantCounters>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
@@ -92,7 +102,10 @@ pub struct Funnel {
 /// `channel` column is legacy and no longer written), and `waiting_reason` /
 /// `waiting_until` come from `campaign_waits`, the funnel (`delivered_count`,
 /// `read_count`, `bounced_count`) from the counter shards (migration 0009), and `reasons` (a JSON object of
-/// counts by reason code) from `campaign_reason_counts` (migration 0008).
+/// counts by reason code) from `campaign_reason_counts` (migration 0008), and
+/// `variant_counts` (counters by variant name) from `campaign_variant_counts`
+/// (migration 0012; `crate::ab::VARIANT_COUNTS_SQL`, repeated here because a
+/// `const` cannot be concatenated from another).
 pub const CAMPAIGN_COLUMNS: &str = "id, tenant_id, name, channel_id, \
     (SELECT ch.config FROM channels ch WHERE ch.id = campaigns.channel_id) AS channel, \
     template, status, version, run_epoch, \
@@ -112,6 +125,13 @@ pub const CAMPAIGN_COLUMNS: &str = "id, tenant_id, name, channel_id, \
     (SELECT coalesce(jsonb_object_agg(x.reason, x.n), '{}'::jsonb) \
      FROM (SELECT rc.reason, sum(rc.count)::bigint AS n FROM campaign_reason_counts rc \
            WHERE rc.campaign_id = campaigns.id GROUP BY rc.reason HAVING sum(rc.count) <> 0) x) AS reasons, \
+    variants, ab_test, ab_winner, ab_decided_at, \
+    (SELECT coalesce(jsonb_object_agg(x.variant, to_jsonb(x) - 'variant'), '{}'::jsonb) \
+     FROM (SELECT vc.variant, sum(vc.recipients)::bigint AS recipients, \
+                  sum(vc.test_recipients)::bigint AS test_recipients, sum(vc.sent)::bigint AS sent, \
+                  sum(vc.failed)::bigint AS failed, sum(vc.delivered)::bigint AS delivered, \
+                  sum(vc.read)::bigint AS read \
+           FROM campaign_variant_counts vc WHERE vc.campaign_id = campaigns.id GROUP BY vc.variant) x) AS variant_counts, \
     created_at, updated_at, started_at, finished_at";
 
 impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Campaign {
@@ -166,6 +186,14 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Campaign {
                 .unwrap_or_default(),
             reasons: serde_json::from_value(row.try_get::<serde_json::Value, _>("reasons")?)
                 .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+            variants: row.try_get("variants")?,
+            ab_test: row.try_get("ab_test")?,
+            ab_winner: row.try_get("ab_winner")?,
+            ab_decided_at: row.try_get("ab_decided_at")?,
+            variant_counts: serde_json::from_value(
+                row.try_get::<serde_json::Value, _>("variant_counts")?,
+            )
+            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
             started_at: row.try_get("started_at")?,

@@ -160,6 +160,8 @@ pub enum TriggeredBy {
     BatchDone,
     /// The packer's sweep found a campaign whose packing stalled.
     Sweep,
+    /// An A/B test was decided: pack the rest of the list with the winner.
+    AbDecision,
 }
 
 /// `campaigns.pack`: page this run epoch's open recipients into send batches.

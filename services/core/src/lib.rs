@@ -6,8 +6,10 @@
 //! recipient ledger (`ledger`), and the consumer loops that every worker runs
 //! (`work`, `control`, on the self-healing pulls of `pull`), and the replicas'
 //! heartbeats and control acks (`presence`). Tenants' suppression lists
-//! live in `suppressions`. Postgres is the source of truth; NATS only distributes.
+//! live in `suppressions`; A/B/n tests (variants, assignment, the decision) in
+//! `ab`. Postgres is the source of truth; NATS only distributes.
 
+pub mod ab;
 pub mod address;
 pub mod auth;
 pub mod bus;

@@ -277,7 +277,13 @@ impl Outbox {
                 .await?
                 .boxed(),
         );
-        if matches!(event.event_type.as_str(), "started" | "resumed") {
+        // A decided A/B test opens a new run epoch while sending: pack the rest.
+        let packs = match event.event_type.as_str() {
+            "started" | "resumed" => true,
+            "ab_decided" => status == Status::Sending,
+            _ => false,
+        };
+        if packs {
             let triggered_by = event
                 .payload
                 .get("triggeredBy")

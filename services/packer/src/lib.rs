@@ -305,7 +305,7 @@ impl Packer {
     async fn paging_position(
         conn: &mut sqlx::PgConnection,
         request: &PackRequest,
-    ) -> Result<Option<(i32, i64)>, sqlx::Error> {
+    ) -> Result<Option<(i32, i64, bool)>, sqlx::Error> {
         let Some(state) = load_pack_state(&mut *conn, request.campaign_id).await? else {
             return Ok(None);
         };
@@ -321,7 +321,7 @@ impl Packer {
         } else {
             0
         };
-        Ok(Some((epoch, cursor)))
+        Ok(Some((epoch, cursor, state.rest_open)))
     }
 
     /// Under the campaign's paging lock: reads the cursor, publishes the next
@@ -339,11 +339,11 @@ impl Packer {
         if !try_lock_paging(&mut tx, campaign).await? {
             return Ok(Page::Busy);
         }
-        let Some((epoch, from)) = Self::paging_position(&mut tx, request).await? else {
+        let Some((epoch, from, rest_open)) = Self::paging_position(&mut tx, request).await? else {
             return Ok(Page::Idle);
         };
         let size = self.inner.config.batch_size.clamp(1, 100_000);
-        let ids = next_page(&mut *tx, campaign, from, size).await?;
+        let ids = next_page(&mut *tx, campaign, from, size, rest_open).await?;
         if ids.is_empty() {
             return Ok(Page::Exhausted { epoch });
         }
@@ -373,8 +373,19 @@ impl Packer {
         }
         tracing::info!(campaign_id = %campaign, epoch, "run epoch fully packed");
         // Nothing open (an empty list, or everything already sent): complete now.
-        if let Err(error) = complete_if_done(&self.inner.lifecycle, campaign, "packer").await {
-            tracing::warn!(campaign_id = %campaign, %error, "completion check failed");
+        match complete_if_done(&self.inner.lifecycle, campaign, "packer").await {
+            Ok(true) => {}
+            // An A/B test whose test cohort is empty or already done waits
+            // for its decision from here on (no sender will end a lease of it).
+            Ok(false) => {
+                let noted = herald_core::ab::decision::note_test_done(&self.inner.pool, campaign);
+                if let Err(error) = noted.await {
+                    tracing::warn!(campaign_id = %campaign, %error, "could not note the A/B test cohort done");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(campaign_id = %campaign, %error, "completion check failed")
+            }
         }
         StepOutcome::Ack
     }

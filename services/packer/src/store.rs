@@ -15,16 +15,24 @@ pub(crate) struct PackState {
     pub packed_epoch: i32,
     pub pack_epoch: i32,
     pub pack_cursor: i64,
+    /// Whether rows of an A/B test's `rest` cohort may be paged: the campaign
+    /// has no test, or its winner is decided. Until then they wait, and paging
+    /// them would fill the window with batches that claim nothing.
+    pub rest_open: bool,
 }
 
 pub(crate) async fn load_pack_state<'e>(
     pool: impl PgExecutor<'e>,
     campaign: Uuid,
 ) -> Result<Option<PackState>, sqlx::Error> {
-    let row = sqlx::query("SELECT status, run_epoch, packed_epoch, pack_epoch, pack_cursor FROM campaigns WHERE id = $1")
-        .bind(campaign)
-        .fetch_optional(pool)
-        .await?;
+    let row = sqlx::query(
+        "SELECT status, run_epoch, packed_epoch, pack_epoch, pack_cursor,
+                (ab_test IS NULL OR ab_winner IS NOT NULL) AS rest_open
+         FROM campaigns WHERE id = $1",
+    )
+    .bind(campaign)
+    .fetch_optional(pool)
+    .await?;
     row.map(|r| {
         Ok(PackState {
             status: r
@@ -35,27 +43,32 @@ pub(crate) async fn load_pack_state<'e>(
             packed_epoch: r.try_get("packed_epoch")?,
             pack_epoch: r.try_get("pack_epoch")?,
             pack_cursor: r.try_get("pack_cursor")?,
+            rest_open: r.try_get("rest_open")?,
         })
     })
     .transpose()
 }
 
-/// The next page of open recipients after `cursor`, by id.
+/// The next page of open recipients after `cursor`, by id; without the rows
+/// of an A/B test's `rest` cohort unless `rest_open` (see [`PackState`]).
 pub(crate) async fn next_page<'e>(
     pool: impl PgExecutor<'e>,
     campaign: Uuid,
     cursor: i64,
     size: i64,
+    rest_open: bool,
 ) -> Result<Vec<i64>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT id FROM recipients
          WHERE campaign_id = $1 AND id > $2
            AND (status = 'pending' OR (status = 'sending' AND lease_expires_at < now()))
+           AND ($4 OR ab_cohort IS DISTINCT FROM 'rest')
          ORDER BY id LIMIT $3",
     )
     .bind(campaign)
     .bind(cursor)
     .bind(size)
+    .bind(rest_open)
     .fetch_all(pool)
     .await
 }
@@ -240,8 +253,12 @@ pub(crate) async fn stranded_page(
                AND r.status = 'sending' AND r.lease_expires_at < now() AND r.id > $2
              ORDER BY r.id LIMIT $3"
         }
+        // Not an undecided A/B test's `rest` rows: they wait for the winner.
         Stranded::Pending => {
-            "SELECT id FROM recipients WHERE campaign_id = $1 AND status = 'pending' AND id > $2 ORDER BY id LIMIT $3"
+            "SELECT id FROM recipients WHERE campaign_id = $1 AND status = 'pending' AND id > $2
+               AND (ab_cohort IS DISTINCT FROM 'rest'
+                    OR (SELECT ab_winner FROM campaigns WHERE id = $1) IS NOT NULL)
+             ORDER BY id LIMIT $3"
         }
     };
     sqlx::query_scalar(sql)
@@ -253,7 +270,9 @@ pub(crate) async fn stranded_page(
 }
 
 /// Fully packed campaigns with nothing in flight and no ledger progress for a
-/// while, with how many rows they still have pending.
+/// while, with how many rows they still have pending. Not those waiting for a
+/// window or a budget, nor for an A/B decision (their pending rows wait for
+/// the winner).
 pub(crate) async fn stalled_campaigns(
     pool: &PgPool,
     stall_seconds: f64,
@@ -263,7 +282,8 @@ pub(crate) async fn stalled_campaigns(
          FROM campaigns c
          LEFT JOIN campaign_counter_deltas d ON d.campaign_id = c.id
          WHERE c.status = 'sending' AND c.packed_epoch = c.run_epoch
-           AND NOT EXISTS (SELECT 1 FROM campaign_waits w WHERE w.campaign_id = c.id AND w.until > now())
+           AND NOT EXISTS (SELECT 1 FROM campaign_waits w WHERE w.campaign_id = c.id
+                           AND (w.until > now() OR w.reason = 'ab_decision'))
          GROUP BY c.id
          HAVING c.sending_count + coalesce(sum(d.sending), 0) = 0
             AND greatest(c.updated_at, max(d.updated_at)) < now() - make_interval(secs => $1)",

@@ -5,7 +5,9 @@
 //! packed campaign that made no progress, completes a campaign left with
 //! nothing open, skips the rows a dead sender held in a stopped campaign, and
 //! finishes a stop's halt pass whose process died.
-//! Campaigns waiting for a send window or a budget are left alone.
+//! Campaigns waiting for a send window or a budget are left alone, and so are
+//! A/B tests waiting for their decision; an A/B test whose test cohort is done
+//! but was not noted so (its last sender died first) is noted here.
 
 use uuid::Uuid;
 
@@ -54,6 +56,10 @@ impl Packer {
         for (campaign, epoch, pending) in stalled_campaigns(pool, stall).await? {
             // Touched first, so a campaign comes back at most once per stall period.
             touch_campaign(pool, campaign).await?;
+            if herald_core::ab::decision::note_test_done(pool, campaign).await? {
+                tracing::info!(campaign_id = %campaign, "A/B test cohort done; waiting for the decision");
+                continue;
+            }
             if pending > 0 {
                 tracing::warn!(campaign_id = %campaign, "campaign stalled with pending rows; re-batching them");
                 published += self

@@ -335,7 +335,8 @@ impl Sender {
     /// The counts are read after this delivery's writes committed: whichever
     /// finishes last sees all the others' and completes the campaign. A
     /// delivery that finished its rows asks the packer for the next batch
-    /// (windowed packing). If this fails, the sweep drops the lease row once it
+    /// (windowed packing); one that may have closed an A/B test cohort notes it
+    /// (the campaign then waits for the decision). If this fails, the sweep drops the lease row once it
     /// expires, completes a campaign left with nothing open, and re-packs one
     /// whose packing stalled.
     async fn end_lease(&self, batch: &SendBatch, lease_token: Uuid, claimed: i64) {
@@ -348,7 +349,14 @@ impl Sender {
         };
         if open.is_done() {
             self.complete(campaign).await;
-        } else if open.more_to_pack && claimed > 0 {
+            return;
+        }
+        if open.ab_undecided {
+            // This batch may have closed the test cohort's last rows.
+            let noted = herald_core::ab::decision::note_test_done(&self.inner.pool, campaign).await;
+            noted.log_failure(campaign, "could not note the A/B test cohort done");
+        }
+        if open.more_to_pack && claimed > 0 {
             // One lease ends once, so its token makes a stable message id.
             let id = format!("more-{lease_token}");
             self.ask_for_next_batch(campaign, open.run_epoch, &id).await;

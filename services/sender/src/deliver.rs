@@ -134,7 +134,7 @@ impl Sender {
         }
     }
 
-    /// Sends one recipient: renders, waits for its start time, then attempts
+    /// Sends one recipient: renders (with its A/B variant's template, if any), waits for its start time, then attempts
     /// with retries until it is accepted, rejected or out of attempts.
     ///
     /// A render error fails this recipient alone (`template_error`), without a
@@ -168,7 +168,14 @@ impl Sender {
             base_delay: Duration::from_millis(config.retry_base_ms),
             max_delay: Duration::from_millis(config.retry_max_ms),
         };
-        let body = match plan.template.render(&recipient.variables) {
+        let rendered = match plan.template_for(recipient.variant.as_deref()) {
+            Some(template) => template.render(&recipient.variables),
+            None => Err(herald_core::template::TemplateError(format!(
+                "the campaign has no variant {:?}",
+                recipient.variant.as_deref().unwrap_or_default()
+            ))),
+        };
+        let body = match rendered {
             Ok(b) => b,
             Err(e) => {
                 let error = format!("template error: {e}");

@@ -1,15 +1,18 @@
 //! What a campaign needs for dispatch, read once and kept for a TTL: its
-//! channel's provider config, its compiled template, its send windows, and
-//! whether any budget applies to it.
+//! channel's provider config, its compiled template (an A/B campaign's: every
+//! variant's), its send windows, and whether any budget applies to it.
 //!
 //! No control message resets this cache, and none needs to: a campaign's own
 //! fields can only be edited while it is a draft, and a channel edited while
 //! its campaigns send (config, limits, window) reaches each replica within the
-//! TTL. The limits themselves are read by every reservation, not from here, so
+//! TTL. An A/B test's winner is not cached either: the claim says which variant
+//! each row gets, and every variant's template is here. The limits themselves are read by every reservation, not from here, so
 //! a tightened budget holds from the next slice on; only whether to reserve at
 //! all is cached.
 
 use std::collections::HashMap;
+
+use herald_core::ab::Variant;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +31,8 @@ pub struct CampaignPlan {
     pub channel_id: Uuid,
     pub channel: Channel,
     pub template: MessageTemplate,
+    /// An A/B campaign's templates by variant name (empty for a plain one).
+    pub variants: HashMap<String, MessageTemplate>,
     /// The channel's and the campaign's send windows (0, 1 or 2).
     pub windows: Vec<Window>,
     /// True if the channel has a per-second or per-day limit, or the campaign
@@ -36,6 +41,15 @@ pub struct CampaignPlan {
 }
 
 impl CampaignPlan {
+    /// The template a recipient of `variant` (None: a plain campaign's) is
+    /// rendered with; None for a variant the campaign does not have.
+    pub fn template_for(&self, variant: Option<&str>) -> Option<&MessageTemplate> {
+        match variant {
+            None => Some(&self.template),
+            Some(name) => self.variants.get(name),
+        }
+    }
+
     /// `None` while every window is open at `now`; else when they next are (a
     /// day from now if they never overlap, so the campaign is looked at again).
     pub fn closed_until(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
@@ -60,12 +74,13 @@ type PlanRow = (
     Option<serde_json::Value>,
     serde_json::Value,
     Option<i32>,
+    Option<serde_json::Value>,
 );
 
 async fn load_plan_row(pool: &PgPool, campaign: Uuid) -> Result<Option<PlanRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT ch.id, ch.config, ch.per_second, ch.per_day, ch.send_window, c.send_window,
-                c.template, c.rate_limit_per_second
+                c.template, c.rate_limit_per_second, c.variants
          FROM campaigns c JOIN channels ch ON ch.id = c.channel_id WHERE c.id = $1",
     )
     .bind(campaign)
@@ -88,8 +103,46 @@ fn compile_window(campaign: Uuid, value: Option<serde_json::Value>) -> Option<Wi
     }
 }
 
+/// An A/B campaign's templates by name; None (logged) if any fails, which the
+/// API's validation rules out.
+fn compile_variants(
+    campaign: Uuid,
+    variants: Option<serde_json::Value>,
+) -> Option<HashMap<String, MessageTemplate>> {
+    let Some(value) = variants else {
+        return Some(HashMap::new());
+    };
+    let variants: Vec<Variant> = serde_json::from_value(value)
+        .inspect_err(|e| tracing::error!(campaign_id = %campaign, error = %e, "stored variants are unreadable"))
+        .ok()?;
+    let mut compiled = HashMap::new();
+    for variant in variants {
+        let body = variant
+            .template
+            .get("body")
+            .and_then(|b| b.as_str())
+            .unwrap_or_default();
+        let Ok(template) = MessageTemplate::compile(body) else {
+            tracing::error!(campaign_id = %campaign, variant = %variant.name, "stored variant template does not compile");
+            return None;
+        };
+        compiled.insert(variant.name, template);
+    }
+    Some(compiled)
+}
+
 fn build_plan(campaign: Uuid, row: PlanRow) -> Option<CampaignPlan> {
-    let (channel_id, config, per_second, per_day, channel_window, own_window, template, cap) = row;
+    let (
+        channel_id,
+        config,
+        per_second,
+        per_day,
+        channel_window,
+        own_window,
+        template,
+        cap,
+        variants,
+    ) = row;
     let channel: Channel = serde_json::from_value(config)
         .inspect_err(|e| tracing::error!(campaign_id = %campaign, error = %e, "stored channel is unreadable"))
         .ok()?;
@@ -101,6 +154,7 @@ fn build_plan(campaign: Uuid, row: PlanRow) -> Option<CampaignPlan> {
         tracing::error!(campaign_id = %campaign, "stored template does not compile");
         return None;
     };
+    let variants = compile_variants(campaign, variants)?;
     let mut windows = Vec::new();
     for value in [channel_window, own_window].into_iter().flatten() {
         windows.push(compile_window(campaign, Some(value))?);
@@ -109,6 +163,7 @@ fn build_plan(campaign: Uuid, row: PlanRow) -> Option<CampaignPlan> {
         channel_id,
         channel,
         template,
+        variants,
         windows,
         budgeted: per_second.is_some() || per_day.is_some() || cap.is_some(),
     })

@@ -1,6 +1,8 @@
 //! Why a campaign is not moving: the sender records each wait (rate limit, send
 //! window, daily cap) in `campaign_waits`, which the API shows as `waiting`, and
-//! clears it when the campaign sends freely again. Also the wait metric
+//! clears it when the campaign sends freely again. A wait for an A/B decision
+//! (`herald_core::ab::decision`) is not the sender's: these writes never
+//! overwrite or clear it; only the decision does. Also the wait metric
 //! `herald_wait_seconds{reason}` (its sum: time batches were held back).
 //!
 //! Writes are rate-limited per campaign on this replica: the same reason is
@@ -37,7 +39,8 @@ async fn upsert_wait(
     sqlx::query(
         "INSERT INTO campaign_waits (campaign_id, reason, until) VALUES ($1, $2, $3)
          ON CONFLICT (campaign_id) DO UPDATE SET reason = excluded.reason, until = excluded.until,
-             updated_at = now()",
+             updated_at = now()
+         WHERE campaign_waits.reason <> 'ab_decision'",
     )
     .bind(campaign)
     .bind(reason.as_str())
@@ -48,7 +51,7 @@ async fn upsert_wait(
 }
 
 async fn clear_wait(pool: &PgPool, campaign: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM campaign_waits WHERE campaign_id = $1")
+    sqlx::query("DELETE FROM campaign_waits WHERE campaign_id = $1 AND reason <> 'ab_decision'")
         .bind(campaign)
         .execute(pool)
         .await?;

@@ -23,6 +23,8 @@ struct Chunk {
     inputs: Vec<Option<String>>,
     kinds: Vec<&'static str>,
     variables: Vec<serde_json::Value>,
+    variants: Vec<Option<String>>,
+    cohorts: Vec<Option<&'static str>>,
 }
 
 /// A row as read, in file order: to be checked, or already rejected by the
@@ -55,11 +57,15 @@ fn check_chunk(rules: &ImportRules, pending: Vec<Pending>) -> (Chunk, Vec<Reject
                     input,
                     kind,
                     variables,
+                    variant,
+                    cohort,
                 }) => {
                     chunk.addresses.push(address);
                     chunk.inputs.push(input);
                     chunk.kinds.push(kind.as_str());
                     chunk.variables.push(variables);
+                    chunk.variants.push(variant);
+                    chunk.cohorts.push(cohort);
                 }
                 Err(Rejection { reason, message }) => rejected.push(RejectedRecipient {
                     row,
@@ -194,8 +200,8 @@ impl ImportBatch {
 
 /// Inserts one chunk, skipping addresses already present (exactly, or as an
 /// e-mail address in another case: migrations/0006_address_normalisation.sql),
-/// and bumps the counters, all only while the campaign is still importable.
-/// Returns (still open, inserted).
+/// and bumps the counters (an A/B campaign's per variant too, in shard 0), all
+/// only while the campaign is still importable. Returns (still open, inserted).
 async fn insert_chunk(
     state: &AppState,
     campaign: Uuid,
@@ -205,12 +211,24 @@ async fn insert_chunk(
         "WITH camp AS (
              SELECT id FROM campaigns WHERE id = $1 AND status IN ('draft', 'scheduled') FOR NO KEY UPDATE
          ), ins AS (
-             INSERT INTO recipients (campaign_id, address, variables, address_input, address_kind)
-             SELECT $1, a, v, i, k
-             FROM unnest($2::text[], $3::jsonb[], $4::text[], $5::text[]) WITH ORDINALITY AS u(a, v, i, k, n)
+             INSERT INTO recipients (campaign_id, address, variables, address_input, address_kind,
+                                     variant, ab_cohort)
+             SELECT $1, a, v, i, k, va, co
+             FROM unnest($2::text[], $3::jsonb[], $4::text[], $5::text[], $6::text[], $7::text[])
+                  WITH ORDINALITY AS u(a, v, i, k, va, co, n)
              WHERE EXISTS (SELECT 1 FROM camp) ORDER BY n
              ON CONFLICT DO NOTHING
-             RETURNING 1
+             RETURNING variant, ab_cohort
+         ), by_variant AS (
+             INSERT INTO campaign_variant_counts AS vc
+                 (campaign_id, shard, variant, recipients, test_recipients, test_open)
+             SELECT $1, 0, variant, count(*), count(*) FILTER (WHERE ab_cohort = 'test'),
+                    count(*) FILTER (WHERE ab_cohort = 'test')
+             FROM ins WHERE variant IS NOT NULL GROUP BY variant ORDER BY variant
+             ON CONFLICT (campaign_id, shard, variant) DO UPDATE SET
+                 recipients = vc.recipients + excluded.recipients,
+                 test_recipients = vc.test_recipients + excluded.test_recipients,
+                 test_open = vc.test_open + excluded.test_open
          ), bump AS (
              UPDATE campaigns SET total_count = total_count + (SELECT count(*) FROM ins),
                                   pending_count = pending_count + (SELECT count(*) FROM ins),
@@ -224,6 +242,8 @@ async fn insert_chunk(
     .bind(&chunk.variables)
     .bind(&chunk.inputs)
     .bind(&chunk.kinds)
+    .bind(&chunk.variants)
+    .bind(&chunk.cohorts)
     .fetch_one(&state.pool)
     .await?;
     Ok((

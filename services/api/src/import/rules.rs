@@ -1,21 +1,28 @@
 //! What an import checks and changes on each row, from the campaign's channel
-//! (how addresses are read, see [`herald_core::address`]) and template (which
-//! variables a strict template requires).
+//! (how addresses are read, see [`herald_core::address`]), template or
+//! variants (which variables a strict template requires), and for an A/B
+//! campaign which variant and cohort the row gets ([`herald_core::ab`]).
 
+use std::collections::BTreeSet;
+
+use herald_core::ab::Assigner;
 use herald_core::address::{AddressKind, Addressing, Normaliser};
 use herald_core::campaigns::Campaign;
 use herald_core::template::MessageTemplate;
 
-use crate::views::{RejectReason, TemplateSpec, contains_nul};
+use crate::views::{RejectReason, contains_nul, stored_templates};
 
 /// The per-row rules of one import.
 #[derive(Debug)]
 pub struct ImportRules {
     normaliser: Normaliser,
-    /// The top-level variables the template uses, sorted.
+    /// The top-level variables the template (or any variant's) uses, sorted.
     pub template_variables: Vec<String>,
-    /// Whether a row lacking one of `template_variables` is rejected.
-    strict: bool,
+    /// The variables a row must carry: those of the strict templates (a row
+    /// of an A/B test may get any variant, so every strict variant counts).
+    required: Vec<String>,
+    /// An A/B campaign's assignment of variants and cohorts.
+    assigner: Option<Assigner>,
 }
 
 /// A row that passed, ready for the ledger.
@@ -27,6 +34,10 @@ pub struct Row {
     pub input: Option<String>,
     pub kind: AddressKind,
     pub variables: serde_json::Value,
+    /// An A/B campaign's variant for this row, and its cohort (`test` or
+    /// `rest`) when the campaign has an `ab_test`.
+    pub variant: Option<String>,
+    pub cohort: Option<&'static str>,
 }
 
 /// A row that did not pass, and why.
@@ -56,16 +67,28 @@ impl ImportRules {
                 tracing::warn!(campaign_id = %campaign.id, %error, "stored channel addressing is invalid; detecting addresses");
                 Normaliser::default()
             });
-        let template = TemplateSpec::from_stored(&campaign.template);
-        let template_variables = template
-            .as_ref()
-            .and_then(|t| MessageTemplate::compile(&t.body).ok())
-            .map(|t| t.variables())
-            .unwrap_or_default();
+        let (mut all, mut required) = (BTreeSet::new(), BTreeSet::new());
+        for template in stored_templates(campaign) {
+            let Ok(compiled) = MessageTemplate::compile(&template.body) else {
+                continue;
+            };
+            for name in compiled.variables() {
+                if template.strict {
+                    required.insert(name.clone());
+                }
+                all.insert(name);
+            }
+        }
+        let assigner = Assigner::of(
+            campaign.id,
+            campaign.variants.as_ref(),
+            campaign.ab_test.as_ref(),
+        );
         Self {
             normaliser,
-            template_variables,
-            strict: template.is_some_and(|t| t.strict),
+            template_variables: all.into_iter().collect(),
+            required: required.into_iter().collect(),
+            assigner,
         }
     }
 
@@ -88,9 +111,9 @@ impl ImportRules {
                 "variables must not contain NUL characters",
             ));
         }
-        if self.strict {
+        {
             let missing: Vec<String> = self
-                .template_variables
+                .required
                 .iter()
                 .filter(|name| !fields.contains_key(name.as_str()))
                 .map(|name| format!("`{name}`"))
@@ -106,11 +129,20 @@ impl ImportRules {
             }
         }
         let typed = input.trim();
+        let (variant, cohort) = match &self.assigner {
+            Some(assigner) => {
+                let (variant, cohort) = assigner.assign(&normalised.address);
+                (Some(variant.to_owned()), cohort.map(|c| c.as_str()))
+            }
+            None => (None, None),
+        };
         Ok(Row {
             input: (typed != normalised.address).then(|| typed.to_owned()),
             address: normalised.address,
             kind: normalised.kind,
             variables,
+            variant,
+            cohort,
         })
     }
 }
@@ -125,7 +157,12 @@ mod tests {
         ImportRules {
             normaliser: Addressing::from_config(addressing).normaliser().unwrap(),
             template_variables: template.variables(),
-            strict,
+            required: if strict {
+                template.variables()
+            } else {
+                Vec::new()
+            },
+            assigner: None,
         }
     }
 

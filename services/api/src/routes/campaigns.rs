@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, AuthTenant, IfMatch, RequestCorrelation};
+use crate::routes::ab::{Messages, validate_messages};
 use crate::routes::common::{
     decode_cursor, encode_cursor, page_limit, validate_channel, validate_name, validate_window,
     window_json,
@@ -25,18 +26,21 @@ use crate::routes::common::{
 use crate::state::AppState;
 use crate::views::*;
 
-fn validate_template(template: &TemplateSpec) -> ApiResult<()> {
+/// Checks one template; `field` names it in the message (`template`,
+/// `variants[1].template`).
+pub(crate) fn validate_template(template: &TemplateSpec, field: &str) -> ApiResult<()> {
     if template.body.is_empty() || template.body.len() > 10_000 {
-        return Err(ApiError::validation(
-            "template.body must be 1 to 10000 bytes",
-        ));
+        return Err(ApiError::validation(format!(
+            "{field}.body must be 1 to 10000 bytes"
+        )));
     }
     if template.body.contains('\0') {
-        return Err(ApiError::validation(
-            "template.body must not contain NUL characters",
-        ));
+        return Err(ApiError::validation(format!(
+            "{field}.body must not contain NUL characters"
+        )));
     }
-    MessageTemplate::compile(&template.body).map_err(|e| ApiError::validation(e.to_string()))?;
+    MessageTemplate::compile(&template.body)
+        .map_err(|e| ApiError::validation(format!("{field}: {e}")))?;
     Ok(())
 }
 
@@ -112,21 +116,25 @@ async fn insert_campaign(
     tenant: Uuid,
     channel_id: Uuid,
     body: &CreateCampaign,
+    messages: Messages,
 ) -> Result<Uuid, sqlx::Error> {
     let id = Uuid::new_v4();
+    let (template, variants, ab_test) = messages;
     sqlx::query(
         "INSERT INTO campaigns (id, tenant_id, name, channel_id, template, status, scheduled_at,
-                                rate_limit_per_second, send_window)
-         VALUES ($1, $2, $3, $4, $5, 'draft', $6, $7, $8)",
+                                rate_limit_per_second, send_window, variants, ab_test)
+         VALUES ($1, $2, $3, $4, $5, 'draft', $6, $7, $8, $9, $10)",
     )
     .bind(id)
     .bind(tenant)
     .bind(body.name.trim())
     .bind(channel_id)
-    .bind(serde_json::to_value(&body.template).unwrap_or_default())
+    .bind(template)
     .bind(body.scheduled_at)
     .bind(body.rate_limit_per_second)
     .bind(window_json(body.send_window.as_ref()))
+    .bind(variants)
+    .bind(ab_test)
     .execute(&mut **tx)
     .await?;
     Ok(id)
@@ -153,7 +161,7 @@ pub async fn create_campaign(
     validate_name(&body.name)?;
     let source = channel_source(body.channel_id, body.channel.as_ref(), true)?
         .ok_or_else(|| ApiError::validation("give channel_id or channel"))?;
-    validate_template(&body.template)?;
+    let messages = validate_messages(&body)?;
     validate_rate(body.rate_limit_per_second)?;
     validate_scheduled_at(body.scheduled_at)?;
     if let Some(window) = &body.send_window {
@@ -161,7 +169,7 @@ pub async fn create_campaign(
     }
     let mut tx = state.pool.begin().await?;
     let channel_id = resolve_channel(&mut tx, auth.0.id, body.name.trim(), source).await?;
-    let id = insert_campaign(&mut tx, auth.0.id, channel_id, &body).await?;
+    let id = insert_campaign(&mut tx, auth.0.id, channel_id, &body, messages).await?;
     append_event(
         &mut tx,
         id,
@@ -352,7 +360,7 @@ pub async fn update_campaign(
     }
     let source = channel_source(body.channel_id, body.channel.as_ref(), false)?;
     if let Some(template) = &body.template {
-        validate_template(template)?;
+        validate_template(template, "template")?;
     }
     validate_rate(body.rate_limit_per_second)?;
     validate_scheduled_at(body.scheduled_at)?;
@@ -369,6 +377,12 @@ pub async fn update_campaign(
         .await?
         .ok_or_else(ApiError::not_found)?;
     require_draft(&current, "edited", if_match)?;
+    if body.template.is_some() && current.variants.is_some() {
+        return Err(ApiError::validation(
+            "this is an A/B campaign: its templates are its variants, which cannot be edited \
+             (duplicate it, or create a new campaign)",
+        ));
+    }
     let channel_id = match source {
         None => None,
         Some(Ok(shared)) => Some(shared),

@@ -1,10 +1,14 @@
 //! `POST /v1/campaigns/{id}/duplicate`: a new draft with the campaign's channel
-//! (a private channel is copied, so the copy has a budget of its own), template,
-//! limits, window and recipients, every recipient pending again.
+//! (a private channel is copied, so the copy has a budget of its own), template
+//! or variants, limits, window and recipients, every recipient pending again.
+//! An A/B campaign's copy assigns its recipients afresh: the assignment hashes
+//! the campaign id with the address (`herald_core::ab`), and the copy has a
+//! new id.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use herald_core::ab::Assigner;
 use herald_core::campaigns::{Campaign, fetch_campaign};
 use herald_core::channels;
 use herald_core::transitions::append_event;
@@ -80,6 +84,60 @@ async fn copy_recipients(
     Ok(rows)
 }
 
+/// Gives every recipient of the copy `copy` its variant and cohort, page by
+/// page, and counts them per variant (shard 0), as an import does.
+async fn assign_copied(
+    tx: &mut Transaction<'_, Postgres>,
+    copy: Uuid,
+    assigner: &Assigner,
+) -> Result<(), sqlx::Error> {
+    let mut after = 0i64;
+    loop {
+        let page: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, address FROM recipients WHERE campaign_id = $1 AND id > $2 ORDER BY id LIMIT 5000",
+        )
+        .bind(copy)
+        .bind(after)
+        .fetch_all(&mut **tx)
+        .await?;
+        let Some(last) = page.last().map(|(id, _)| *id) else {
+            return Ok(());
+        };
+        let ids: Vec<i64> = page.iter().map(|(id, _)| *id).collect();
+        let (variants, cohorts): (Vec<String>, Vec<Option<&str>>) = page
+            .iter()
+            .map(|(_, address)| {
+                let (variant, cohort) = assigner.assign(address);
+                (variant.to_owned(), cohort.map(|c| c.as_str()))
+            })
+            .unzip();
+        sqlx::query(
+            "WITH upd AS (
+                 UPDATE recipients r SET variant = u.variant, ab_cohort = u.cohort
+                 FROM unnest($2::bigint[], $3::text[], $4::text[]) AS u(id, variant, cohort)
+                 WHERE r.campaign_id = $1 AND r.id = u.id
+                 RETURNING r.variant, r.ab_cohort
+             )
+             INSERT INTO campaign_variant_counts AS vc
+                 (campaign_id, shard, variant, recipients, test_recipients, test_open)
+             SELECT $1, 0, variant, count(*), count(*) FILTER (WHERE ab_cohort = 'test'),
+                    count(*) FILTER (WHERE ab_cohort = 'test')
+             FROM upd GROUP BY variant ORDER BY variant
+             ON CONFLICT (campaign_id, shard, variant) DO UPDATE SET
+                 recipients = vc.recipients + excluded.recipients,
+                 test_recipients = vc.test_recipients + excluded.test_recipients,
+                 test_open = vc.test_open + excluded.test_open",
+        )
+        .bind(copy)
+        .bind(&ids)
+        .bind(&variants)
+        .bind(&cohorts)
+        .execute(&mut **tx)
+        .await?;
+        after = last;
+    }
+}
+
 async fn copy_campaign(
     tx: &mut Transaction<'_, Postgres>,
     source: Uuid,
@@ -93,8 +151,9 @@ async fn copy_campaign(
     let id = Uuid::new_v4();
     sqlx::query(
         "INSERT INTO campaigns (id, tenant_id, name, channel_id, template, status,
-                                rate_limit_per_second, send_window)
-         SELECT $1, tenant_id, $4, $5, template, 'draft', rate_limit_per_second, send_window
+                                rate_limit_per_second, send_window, variants, ab_test)
+         SELECT $1, tenant_id, $4, $5, template, 'draft', rate_limit_per_second, send_window,
+                variants, ab_test
          FROM campaigns WHERE id = $2 AND tenant_id = $3",
     )
     .bind(id)
@@ -105,6 +164,10 @@ async fn copy_campaign(
     .execute(&mut **tx)
     .await?;
     copy_recipients(tx, id, source).await?;
+    if let Some(assigner) = Assigner::of(id, original.variants.as_ref(), original.ab_test.as_ref())
+    {
+        assign_copied(tx, id, &assigner).await?;
+    }
     Ok(Some(id))
 }
 

@@ -1,5 +1,6 @@
 //! HTTP handlers, one module per resource.
 
+pub mod ab;
 pub mod campaigns;
 pub mod channels;
 pub mod common;

@@ -125,7 +125,7 @@ async fn recipient_page(
     limit: i64,
 ) -> Result<Vec<RecipientView>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT id, address, address_input, address_kind, variables, status, reason, attempts,
+        "SELECT id, address, address_input, address_kind, variables, status, reason, attempts, variant, ab_cohort,
                 last_error, provider_message_id, sent_at
          FROM recipients WHERE campaign_id = $1 AND ($2::text IS NULL OR status = $2)
            AND ($5::text IS NULL OR reason = $5) AND id > $3
@@ -154,6 +154,8 @@ async fn recipient_page(
                 last_error: r.try_get("last_error")?,
                 provider_message_id: r.try_get("provider_message_id")?,
                 sent_at: r.try_get("sent_at")?,
+                variant: r.try_get("variant")?,
+                ab_cohort: r.try_get("ab_cohort")?,
             })
         })
         .collect()

@@ -8,8 +8,10 @@
 //! previous one left: duplicates and reordered receipts inside one batch or
 //! across batches count once. Then, each in one statement: the moved messages,
 //! the bounced recipients (`sent` to `failed`, reason `bounced`), the funnel and
-//! ledger counters and reason counts of each campaign (in campaign order), and
-//! the opted-out addresses on their tenant's suppression list.
+//! ledger counters and reason counts of each campaign (in campaign order), an
+//! A/B campaign's counters per variant (the variant the message was sent with
+//! is on its `provider_messages` row), and the opted-out addresses on their
+//! tenant's suppression list.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -32,6 +34,8 @@ pub struct AppliedReceipts {
 struct Tracked {
     campaign_id: Uuid,
     recipient_id: i64,
+    /// The A/B variant the message was rendered with; None in a plain campaign.
+    variant: Option<String>,
     before: MessageState,
     state: MessageState,
     delivered_at: Option<DateTime<Utc>>,
@@ -105,6 +109,7 @@ pub async fn apply_receipts(
     write_moves(&mut tx, &moved).await?;
     let bounced = bounce_recipients(&mut tx, &moved).await?;
     add_to_counters(&mut tx, &applied.by_campaign, &bounced).await?;
+    add_to_variant_counters(&mut tx, &moved).await?;
     suppress_opt_outs(&mut tx, &opt_outs).await?;
     tx.commit().await?;
     applied.by_campaign.retain(|_, funnel| !funnel.is_empty());
@@ -120,8 +125,8 @@ async fn lock_messages(
         .iter()
         .map(|(_, r)| r.provider_message_id.as_str())
         .collect();
-    let rows: Vec<(Uuid, String, Uuid, i64, String)> = sqlx::query_as(
-        "SELECT m.channel_id, m.provider_message_id, m.campaign_id, m.recipient_id, m.state
+    let rows: Vec<(Uuid, String, Uuid, i64, String, Option<String>)> = sqlx::query_as(
+        "SELECT m.channel_id, m.provider_message_id, m.campaign_id, m.recipient_id, m.state, m.variant
          FROM provider_messages m
          WHERE (m.channel_id, m.provider_message_id) IN
                (SELECT * FROM unnest($1::uuid[], $2::text[]))
@@ -134,11 +139,12 @@ async fn lock_messages(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(channel, id, campaign_id, recipient_id, state)| {
+        .map(|(channel, id, campaign_id, recipient_id, state, variant)| {
             let state = MessageState::parse(&state).unwrap_or(MessageState::Sent);
             let tracked = Tracked {
                 campaign_id,
                 recipient_id,
+                variant,
                 before: state,
                 state,
                 delivered_at: None,
@@ -268,6 +274,51 @@ async fn add_to_counters(
     .bind(&read)
     .bind(&moved)
     .bind(shard)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Adds the moved messages of A/B campaigns to their variant's counters
+/// (delivered, read; a bounce moves one from sent to failed), in one shard per
+/// batch, in (campaign, variant) order like every counter write.
+async fn add_to_variant_counters(
+    tx: &mut Transaction<'_, Postgres>,
+    moved: &[(&MessageKey, &Tracked)],
+) -> Result<(), sqlx::Error> {
+    let mut by_variant: BTreeMap<(Uuid, &str), FunnelDelta> = BTreeMap::new();
+    for (_, message) in moved {
+        if let Some(variant) = &message.variant {
+            by_variant
+                .entry((message.campaign_id, variant.as_str()))
+                .or_default()
+                .add(FunnelDelta::of_move(message.before, message.state));
+        }
+    }
+    if by_variant.is_empty() {
+        return Ok(());
+    }
+    let campaigns: Vec<Uuid> = by_variant.keys().map(|(c, _)| *c).collect();
+    let variants: Vec<&str> = by_variant.keys().map(|(_, v)| *v).collect();
+    let delivered: Vec<i64> = by_variant.values().map(|f| f.delivered).collect();
+    let read: Vec<i64> = by_variant.values().map(|f| f.read).collect();
+    let bounced: Vec<i64> = by_variant.values().map(|f| f.bounced).collect();
+    sqlx::query(
+        "INSERT INTO campaign_variant_counts AS vc (campaign_id, shard, variant, sent, failed, delivered, read)
+         SELECT campaign_id, $6, variant, -bounced, bounced, delivered, read
+         FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[])
+              AS u(campaign_id, variant, delivered, read, bounced)
+         ORDER BY campaign_id, variant
+         ON CONFLICT (campaign_id, shard, variant) DO UPDATE SET
+             sent = vc.sent + excluded.sent, failed = vc.failed + excluded.failed,
+             delivered = vc.delivered + excluded.delivered, read = vc.read + excluded.read",
+    )
+    .bind(&campaigns)
+    .bind(&variants)
+    .bind(&delivered)
+    .bind(&read)
+    .bind(&bounced)
+    .bind(i16::from(rand::random::<u8>() % 16))
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -1,5 +1,6 @@
 //! The claim: one statement that takes a batch's open rows under a lease, and
-//! skips the ones whose address is on the tenant's suppression list.
+//! skips the ones whose address is on the tenant's suppression list. In an
+//! undecided A/B test it takes test-cohort rows only.
 
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
@@ -48,6 +49,13 @@ const SUPPRESSED_MESSAGE: &str = "the address is on the tenant's suppression lis
 /// the budget allows now, suppressed ones included), never more than
 /// [`claim_limit`]. A claim that only skipped rows returns none, and says how
 /// many it skipped: the range is not necessarily used up.
+///
+/// **A/B tests** (docs/AB_TESTS.md). Each row comes back with the variant it
+/// is rendered with. While the campaign's test is undecided (`ab_winner` is
+/// null), rows of the `rest` cohort are not candidates: they stay pending for
+/// the winner. Once decided, a `rest` row's `variant` becomes the winner as it
+/// is claimed (the column is in no index, so the update stays HOT). A
+/// suppressed test row closes in the variant's `test_open` count.
 pub async fn claim_batch(
     pool: &PgPool,
     batch: &SendBatch,
@@ -74,7 +82,7 @@ pub async fn claim_batch_in(
     herald_core::claim_gate::enter(&mut *tx, batch.campaign_id).await?;
     let rows = sqlx::query(
         "WITH camp AS (
-             SELECT id, tenant_id,
+             SELECT id, tenant_id, ab_winner,
                     EXISTS (SELECT 1 FROM suppressions s WHERE s.tenant_id = campaigns.tenant_id) AS has_list
              FROM campaigns WHERE id = $1 AND status = 'sending' FOR KEY SHARE
          ), cand AS (
@@ -89,31 +97,34 @@ pub async fn claim_batch_in(
              FROM recipients r
              WHERE r.campaign_id = $1 AND r.id BETWEEN $2 AND $3 AND EXISTS (SELECT 1 FROM camp)
                AND (r.status = 'pending' OR (r.status = 'sending' AND r.lease_expires_at < now()))
+               AND (r.ab_cohort IS DISTINCT FROM 'rest' OR (SELECT ab_winner FROM camp) IS NOT NULL)
              ORDER BY r.id LIMIT $6
          ), fresh AS (
              UPDATE recipients r SET status = 'sending', lease_token = $4,
                     lease_expires_at = now() + make_interval(secs => $5), claimed_at = clock_timestamp(),
+                    variant = CASE WHEN r.ab_cohort = 'rest' THEN (SELECT ab_winner FROM camp) ELSE r.variant END,
                     updated_at = now()
              FROM cand WHERE cand.prev = 'pending' AND NOT cand.suppressed
                AND r.campaign_id = $1 AND r.id = cand.id AND r.status = 'pending'
-             RETURNING r.id, r.address, r.variables, r.attempts
+             RETURNING r.id, r.address, r.variables, r.attempts, r.variant
          ), taken_over AS (
              UPDATE recipients r SET status = 'sending', lease_token = $4,
                     lease_expires_at = now() + make_interval(secs => $5), claimed_at = clock_timestamp(),
+                    variant = CASE WHEN r.ab_cohort = 'rest' THEN (SELECT ab_winner FROM camp) ELSE r.variant END,
                     updated_at = now()
              FROM cand WHERE cand.prev = 'sending' AND NOT cand.suppressed
                AND r.campaign_id = $1 AND r.id = cand.id
                AND r.status = 'sending' AND r.lease_expires_at < now()
-             RETURNING r.id, r.address, r.variables, r.attempts
+             RETURNING r.id, r.address, r.variables, r.attempts, r.variant
          ), suppressed AS (
              UPDATE recipients r SET status = 'skipped', reason = 'suppressed', last_error = $8,
                     lease_token = NULL, lease_expires_at = NULL, updated_at = now()
              FROM cand WHERE cand.suppressed AND r.campaign_id = $1 AND r.id = cand.id
                AND (r.status = 'pending' OR (r.status = 'sending' AND r.lease_expires_at < now()))
-             RETURNING cand.prev
+             RETURNING cand.prev, r.variant, r.ab_cohort
          ), upd AS (
-             SELECT id, address, variables, attempts FROM fresh
-             UNION ALL SELECT id, address, variables, attempts FROM taken_over
+             SELECT id, address, variables, attempts, variant FROM fresh
+             UNION ALL SELECT id, address, variables, attempts, variant FROM taken_over
          ), lease AS (
              INSERT INTO recipient_leases (lease_token, campaign_id, first_id, last_id, expires_at)
              SELECT $4, $1, min(id), max(id), now() + make_interval(secs => $5) FROM upd
@@ -136,8 +147,13 @@ pub async fn claim_batch_in(
              SELECT $1, $7, 'suppressed', skipped_pending + skipped_sending
              FROM moved WHERE skipped_pending + skipped_sending > 0
              ON CONFLICT (campaign_id, shard, reason) DO UPDATE SET count = rc.count + excluded.count
+         ), test_closed AS (
+             INSERT INTO campaign_variant_counts AS vc (campaign_id, shard, variant, test_open)
+             SELECT $1, $7, variant, -count(*) FROM suppressed WHERE ab_cohort = 'test'
+             GROUP BY variant ORDER BY variant
+             ON CONFLICT (campaign_id, shard, variant) DO UPDATE SET test_open = vc.test_open + excluded.test_open
          )
-         SELECT u.id, u.address, u.variables, u.attempts,
+         SELECT u.id, u.address, u.variables, u.attempts, u.variant,
                 m.skipped_pending + m.skipped_sending AS suppressed
          FROM moved m LEFT JOIN upd u ON true ORDER BY u.id",
     )
@@ -164,6 +180,7 @@ pub async fn claim_batch_in(
             address: row.try_get("address")?,
             variables: row.try_get("variables")?,
             attempts: row.try_get("attempts")?,
+            variant: row.try_get("variant")?,
         });
     }
     Ok(claimed)

@@ -22,26 +22,29 @@ pub async fn finish_lease(
     campaign_id: Uuid,
     lease_token: Uuid,
 ) -> Result<OpenCounts, sqlx::Error> {
-    let (pending, sending, more_to_pack, run_epoch): (i64, i64, bool, i32) = sqlx::query_as(
-        "WITH ended AS (
+    let (pending, sending, more_to_pack, run_epoch, ab_undecided) =
+        sqlx::query_as::<_, (i64, i64, bool, i32, bool)>(
+            "WITH ended AS (
              DELETE FROM recipient_leases WHERE lease_token = $2
          )
          SELECT c.pending_count + coalesce(sum(d.pending), 0)::bigint,
                 c.sending_count + coalesce(sum(d.sending), 0)::bigint,
-                c.status = 'sending' AND c.packed_epoch < c.run_epoch, c.run_epoch
+                c.status = 'sending' AND c.packed_epoch < c.run_epoch, c.run_epoch,
+                c.status = 'sending' AND c.ab_test IS NOT NULL AND c.ab_winner IS NULL
          FROM campaigns c LEFT JOIN campaign_counter_deltas d ON d.campaign_id = c.id
          WHERE c.id = $1 GROUP BY c.id",
-    )
-    .bind(campaign_id)
-    .bind(lease_token)
-    .fetch_optional(pool)
-    .await?
-    .unwrap_or((0, 0, false, 0));
+        )
+        .bind(campaign_id)
+        .bind(lease_token)
+        .fetch_optional(pool)
+        .await?
+        .unwrap_or((0, 0, false, 0, false));
     Ok(OpenCounts {
         pending,
         sending,
         more_to_pack,
         run_epoch,
+        ab_undecided,
     })
 }
 

@@ -42,7 +42,11 @@ pub async fn mark_outcomes(
 /// `r.status = 'sending'` in the `WHERE` once let the planner scan a partial
 /// lease index over every row the campaign had ever claimed, and an id range
 /// (`r.id BETWEEN min AND max`) made it scan the range and compare every row with
-/// every outcome, quadratic in the group size. The lease token alone proves a
+/// every outcome, quadratic in the group size.
+///
+/// An A/B campaign's rows also count per variant (`campaign_variant_counts`:
+/// sent, failed, and a test row's close in `test_open`), and its messages
+/// carry their variant into `provider_messages`, where receipts count them. The lease token alone proves a
 /// row is still held: only `claim_batch` sets it (with status `sending`), and
 /// marking or releasing clears it. The counter shards are written in campaign
 /// order, so two writes that touch the same campaigns cannot deadlock.
@@ -84,10 +88,11 @@ pub async fn mark_leased_outcomes(
                     sent_at = CASE WHEN o.status = 'sent' THEN now() END,
                     lease_token = NULL, lease_expires_at = NULL, updated_at = now()
              FROM o WHERE r.campaign_id = o.campaign_id AND r.id = o.id AND r.lease_token = o.lease_token
-             RETURNING r.campaign_id, r.id, o.lease_token, r.status, o.reason, o.provider_message_id
+             RETURNING r.campaign_id, r.id, o.lease_token, r.status, o.reason, o.provider_message_id,
+                       r.variant, r.ab_cohort
          ), receipts_key AS (
-             INSERT INTO provider_messages (channel_id, provider_message_id, campaign_id, recipient_id)
-             SELECT c.channel_id, upd.provider_message_id, upd.campaign_id, upd.id
+             INSERT INTO provider_messages (channel_id, provider_message_id, campaign_id, recipient_id, variant)
+             SELECT c.channel_id, upd.provider_message_id, upd.campaign_id, upd.id, upd.variant
              FROM upd JOIN campaigns c ON c.id = upd.campaign_id
              WHERE upd.status = 'sent' AND upd.provider_message_id IS NOT NULL
              ON CONFLICT DO NOTHING
@@ -104,6 +109,15 @@ pub async fn mark_leased_outcomes(
              SELECT campaign_id, $8, reason, count(*) FROM upd WHERE reason IS NOT NULL
              GROUP BY campaign_id, reason ORDER BY campaign_id, reason
              ON CONFLICT (campaign_id, shard, reason) DO UPDATE SET count = rc.count + excluded.count
+         ), by_variant AS (
+             INSERT INTO campaign_variant_counts AS vc (campaign_id, shard, variant, sent, failed, test_open)
+             SELECT campaign_id, $8, variant, count(*) FILTER (WHERE status = 'sent'),
+                    count(*) FILTER (WHERE status = 'failed'), -count(*) FILTER (WHERE ab_cohort = 'test')
+             FROM upd WHERE variant IS NOT NULL
+             GROUP BY campaign_id, variant ORDER BY campaign_id, variant
+             ON CONFLICT (campaign_id, shard, variant) DO UPDATE SET
+                 sent = vc.sent + excluded.sent, failed = vc.failed + excluded.failed,
+                 test_open = vc.test_open + excluded.test_open
          )
          SELECT lease_token, count(*) FROM upd GROUP BY lease_token",
     )

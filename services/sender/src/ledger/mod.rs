@@ -30,6 +30,8 @@ pub struct ClaimedRecipient {
     /// pause or stop released it mid-retry): they count against
     /// `HERALD_MAX_ATTEMPTS`.
     pub attempts: i32,
+    /// The A/B variant to render it with; None in a plain campaign.
+    pub variant: Option<String>,
 }
 
 /// What one claim took: the rows now leased to the caller, by id, and how many
@@ -116,6 +118,9 @@ pub struct OpenCounts {
     /// The campaign sends and its run epoch is not fully packed yet.
     pub more_to_pack: bool,
     pub run_epoch: i32,
+    /// The campaign sends an A/B test not yet decided: its test cohort may
+    /// have just finished (`herald_core::ab::decision::note_test_done`).
+    pub ab_undecided: bool,
 }
 
 impl OpenCounts {
