@@ -7,6 +7,7 @@
 
 pub mod ab_views;
 pub mod acks;
+pub mod channel_views;
 pub mod csv_upload;
 pub mod error;
 pub mod extract;
