@@ -262,6 +262,10 @@ pub async fn due_decisions(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx:
 /// again (after a resume, from the sweep) never moves the decision later.
 /// Called where the test cohort may have just finished: a sender ending a
 /// lease, the packer finishing an epoch, the sweep.
+///
+/// The campaign row is locked first, as the decision locks it: a decision
+/// committed meanwhile is seen (the row is re-read once the lock is granted),
+/// so no wait is written for a campaign already decided.
 pub async fn note_test_done(pool: &PgPool, campaign: Uuid) -> Result<bool, sqlx::Error> {
     let noted: Option<i32> = sqlx::query_scalar(
         "WITH c AS (
@@ -269,6 +273,7 @@ pub async fn note_test_done(pool: &PgPool, campaign: Uuid) -> Result<bool, sqlx:
              WHERE id = $1 AND status = 'sending' AND ab_test IS NOT NULL AND ab_winner IS NULL
                AND (SELECT coalesce(sum(test_open), 0) FROM campaign_variant_counts v
                     WHERE v.campaign_id = $1) = 0
+             FOR NO KEY UPDATE
          ), set_done AS (
              UPDATE campaigns SET ab_test_done_at = now() FROM c
              WHERE campaigns.id = c.id AND c.ab_test_done_at IS NULL
