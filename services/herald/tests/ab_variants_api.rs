@@ -1,6 +1,7 @@
 //! A/B/n tests through the API (docs/AB_TESTS.md): what a create must be, what
-//! the winner endpoint refuses, a duplicate's fresh assignment, and delivery
-//! receipts counted per variant.
+//! the winner endpoint refuses, a duplicate's fresh assignment, delivery
+//! receipts counted per variant, and a budgeted test (the budget holds in the
+//! test and in the remainder).
 //!
 //! Run with `cargo test -p herald --test ab_variants_api`.
 
@@ -245,5 +246,38 @@ async fn delivery_receipts_count_delivered_and_read_per_variant() {
         a["sent"].as_i64().unwrap() + b["sent"].as_i64().unwrap(),
         40
     );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_budgeted_ab_test_keeps_its_rate_limit_through_the_test_the_wait_and_the_remainder() {
+    let provider = ProviderDouble::start(Duration::ZERO).await;
+    let stack = Stack::start(1, 2, test_sender_config()).await;
+    let body = json!({
+        "name": "a/b", "channel": provider.webhook_channel(), "rate_limit_per_second": 100,
+        "variants": variants(&[1, 1]),
+        "ab_test": {"test_percent": 30, "winner_metric": "sent", "decide_after_seconds": 1}
+    });
+    let (status, campaign) = stack.call(Method::POST, "/v1/campaigns", Some(body)).await;
+    assert_eq!(status, 201, "{campaign}");
+    let id: Uuid = campaign["id"].as_str().unwrap().parse().unwrap();
+    stack.import(id, 300).await;
+    assert_eq!(stack.transition(id, "start").await.0, 200);
+    let done = stack
+        .wait_for_status(id, Status::Completed, Duration::from_secs(90))
+        .await;
+    assert!(done["ab_test"]["winner"].is_string(), "{done}");
+    assert_every_fate_accounted(&stack.client, &stack.env.pool(), id).await;
+    assert!(provider.per_key().values().all(|&n| n == 1));
+    assert_eq!(provider.per_key().len(), 300);
+    let mut starts: Vec<_> = provider.requests().iter().map(|r| r.started).collect();
+    starts.sort();
+    for (i, start) in starts.iter().enumerate() {
+        let within = starts[i..]
+            .iter()
+            .take_while(|s| **s - *start < Duration::from_secs(1))
+            .count();
+        assert!(within <= 100, "{within} requests in one second");
+    }
     stack.stop().await;
 }
