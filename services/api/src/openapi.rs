@@ -8,8 +8,7 @@ use utoipa::{Modify, OpenApi};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{
     ab, campaigns, channels, duplicate, health, lifecycle, progress, receipts, recipients,
-    replicas,
-    suppressions,
+    replicas, suppressions,
 };
 use crate::suppression_views::*;
 use crate::views::*;
