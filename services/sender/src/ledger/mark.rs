@@ -42,14 +42,14 @@ pub async fn mark_outcomes(
 /// `r.status = 'sending'` in the `WHERE` once let the planner scan a partial
 /// lease index over every row the campaign had ever claimed, and an id range
 /// (`r.id BETWEEN min AND max`) made it scan the range and compare every row with
-/// every outcome, quadratic in the group size.
-///
-/// An A/B campaign's rows also count per variant (`campaign_variant_counts`:
-/// sent, failed, and a test row's close in `test_open`), and its messages
-/// carry their variant into `provider_messages`, where receipts count them. The lease token alone proves a
+/// every outcome, quadratic in the group size. The lease token alone proves a
 /// row is still held: only `claim_batch` sets it (with status `sending`), and
 /// marking or releasing clears it. The counter shards are written in campaign
 /// order, so two writes that touch the same campaigns cannot deadlock.
+///
+/// An A/B campaign's rows also count per variant (`campaign_variant_counts`:
+/// sent, failed, and a test row's close in `test_open`), and its messages
+/// carry their variant into `provider_messages`, where receipts count them.
 pub async fn mark_leased_outcomes(
     pool: &PgPool,
     outcomes: &[LeasedOutcome],
