@@ -146,6 +146,10 @@ pub fn router(state: AppState) -> Router {
             post(routes::ab::pick_winner),
         )
         .route(
+            "/v1/campaigns/{id}/retry",
+            post(routes::retry::retry_campaign),
+        )
+        .route(
             "/v1/campaigns/{id}/progress",
             get(routes::progress::campaign_progress),
         )

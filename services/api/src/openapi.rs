@@ -8,7 +8,7 @@ use utoipa::{Modify, OpenApi};
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{
     ab, campaigns, channels, duplicate, health, lifecycle, progress, receipts, recipients,
-    replicas, suppressions,
+    replicas, retry, suppressions,
 };
 use crate::suppression_views::*;
 use crate::views::*;
@@ -116,6 +116,7 @@ impl Modify for Conventions {
         lifecycle::bulk_transition,
         lifecycle::campaign_events,
         ab::pick_winner,
+        retry::retry_campaign,
         progress::campaign_progress,
         recipients::import_recipients,
         recipients::list_recipients,
@@ -139,7 +140,9 @@ impl Modify for Conventions {
         lifecycle::AcknowledgedTransition, crate::acks::Acks, crate::acks::AckedReplica,
         crate::acks::MissingReplica, crate::acks::WaitFor, replicas::ReplicaView, replicas::ReplicaList,
         VariantSpec, VariantView, AbTestView, WinnerBody, herald_core::ab::AbTest,
-        herald_core::ab::WinnerMetric, herald_core::ab::VariantCounters)),
+        herald_core::ab::WinnerMetric, herald_core::ab::VariantCounters,
+
+        retry::RetryRequest, retry::RetryResult, herald_core::retry::RetryScope)),
     modifiers(&BearerAuth, &Conventions)
 )]
 #[derive(Debug)]

@@ -34,6 +34,7 @@ pub async fn start_due_campaigns(lifecycle: &Lifecycle) -> Result<usize, sqlx::E
             expected_version: None,
             scheduled_at: None,
             actor: Actor::system("scheduler"),
+            detail: None,
         };
         match lifecycle.apply(request).await {
             Ok(_) => {

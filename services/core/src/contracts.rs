@@ -162,6 +162,8 @@ pub enum TriggeredBy {
     Sweep,
     /// An A/B test was decided: pack the rest of the list with the winner.
     AbDecision,
+    /// A retry re-opened failed recipients of a completed campaign.
+    Retry,
 }
 
 /// `campaigns.pack`: page this run epoch's open recipients into send batches.

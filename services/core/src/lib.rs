@@ -1,7 +1,7 @@
 //! Herald core: everything the api, packer and sender share.
 //!
 //! The campaign lifecycle (`lifecycle`, `transitions`), why a recipient failed or was skipped
-//! (`reason`), the bus contracts
+//! (`reason`), which failed ones a retry re-opens (`retry`), the bus contracts
 //! (`contracts`), the JetStream layout (`bus`), the outbox relay (`outbox`), the
 //! recipient ledger (`ledger`), and the consumer loops that every worker runs
 //! (`work`, `control`, on the self-healing pulls of `pull`), and the replicas'
@@ -29,6 +29,7 @@ pub mod presence;
 pub mod pull;
 pub mod reason;
 pub mod receipts;
+pub mod retry;
 pub mod send_window;
 pub mod subjects;
 pub mod suppressions;

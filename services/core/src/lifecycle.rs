@@ -33,6 +33,9 @@ pub enum Action {
     Stop,
     Complete,
     Fail,
+    /// Re-open failed recipients (`POST /v1/campaigns/{id}/retry`): a paused
+    /// campaign stays paused (resume sends them), a completed one sends again.
+    Retry,
 }
 
 impl Status {
@@ -58,14 +61,16 @@ impl Status {
         }
     }
 
-    /// Stopped, completed and failed end a campaign for good.
+    /// Stopped, completed and failed end a campaign's run. Stopped and failed
+    /// are final; a completed campaign sends again only if a `retry` re-opens
+    /// some of its failed recipients.
     pub fn is_terminal(self) -> bool {
         matches!(self, Status::Stopped | Status::Completed | Status::Failed)
     }
 }
 
 impl Action {
-    pub const ALL: [Action; 8] = [
+    pub const ALL: [Action; 9] = [
         Action::Schedule,
         Action::Unschedule,
         Action::Start,
@@ -74,6 +79,7 @@ impl Action {
         Action::Stop,
         Action::Complete,
         Action::Fail,
+        Action::Retry,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +92,7 @@ impl Action {
             Action::Stop => "stop",
             Action::Complete => "complete",
             Action::Fail => "fail",
+            Action::Retry => "retry",
         }
     }
 
@@ -100,12 +107,20 @@ impl Action {
             Action::Stop => "stopped",
             Action::Complete => "completed",
             Action::Fail => "failed",
+            Action::Retry => "retried",
         }
     }
 
-    /// Start and resume open a new run epoch and trigger the packer.
-    pub fn opens_run_epoch(self) -> bool {
-        matches!(self, Action::Start | Action::Resume)
+    /// Start and resume open a new run epoch and trigger the packer, and so
+    /// does a retry that makes a completed campaign send again (`to` is the
+    /// status the action leads to). A retry on a paused campaign does not: the
+    /// resume opens the epoch that packs the re-opened rows.
+    pub fn opens_run_epoch(self, to: Status) -> bool {
+        match self {
+            Action::Start | Action::Resume => true,
+            Action::Retry => to == Status::Sending,
+            _ => false,
+        }
     }
 }
 
@@ -173,6 +188,8 @@ pub fn next_status(from: Status, action: Action) -> Result<Status, InvalidTransi
         (S::Draft | S::Scheduled | S::Sending | S::Paused, A::Stop) => S::Stopped,
         (S::Sending, A::Complete) => S::Completed,
         (S::Sending | S::Paused, A::Fail) => S::Failed,
+        (S::Paused, A::Retry) => S::Paused,
+        (S::Completed, A::Retry) => S::Sending,
         _ => return Err(InvalidTransition { from, action }),
     };
     Ok(to)
@@ -200,6 +217,8 @@ mod tests {
             (Paused, Stopped),
             (Sending, Failed),
             (Paused, Failed),
+            (Paused, Paused),
+            (Completed, Sending),
         ]
         .into_iter()
         .collect()
@@ -243,6 +262,7 @@ mod tests {
             (S::Draft, A::Stop, Some(S::Stopped)),
             (S::Draft, A::Complete, None),
             (S::Draft, A::Fail, None),
+            (S::Draft, A::Retry, None),
             (S::Scheduled, A::Schedule, None),
             (S::Scheduled, A::Unschedule, Some(S::Draft)),
             (S::Scheduled, A::Start, Some(S::Sending)),
@@ -251,6 +271,7 @@ mod tests {
             (S::Scheduled, A::Stop, Some(S::Stopped)),
             (S::Scheduled, A::Complete, None),
             (S::Scheduled, A::Fail, None),
+            (S::Scheduled, A::Retry, None),
             (S::Sending, A::Schedule, None),
             (S::Sending, A::Unschedule, None),
             (S::Sending, A::Start, None),
@@ -259,6 +280,7 @@ mod tests {
             (S::Sending, A::Stop, Some(S::Stopped)),
             (S::Sending, A::Complete, Some(S::Completed)),
             (S::Sending, A::Fail, Some(S::Failed)),
+            (S::Sending, A::Retry, None),
             (S::Paused, A::Schedule, None),
             (S::Paused, A::Unschedule, None),
             (S::Paused, A::Start, None),
@@ -267,23 +289,41 @@ mod tests {
             (S::Paused, A::Stop, Some(S::Stopped)),
             (S::Paused, A::Complete, None),
             (S::Paused, A::Fail, Some(S::Failed)),
+            (S::Paused, A::Retry, Some(S::Paused)),
+            (S::Completed, A::Retry, Some(S::Sending)),
         ];
         for &(from, action, to) in expected {
             assert_eq!(next_status(from, action).ok(), to, "{from} + {action}");
         }
-        // Terminal states accept nothing.
+        // Stopped and failed accept nothing; completed accepts only a retry.
+        let mut refused = 0;
         for from in [S::Stopped, S::Completed, S::Failed] {
             for action in A::ALL {
+                if (from, action) == (S::Completed, A::Retry) {
+                    continue;
+                }
                 assert!(
                     next_status(from, action).is_err(),
                     "{from} + {action} must be refused"
                 );
+                refused += 1;
             }
         }
-        assert_eq!(
-            expected.len() + 3 * A::ALL.len(),
-            Status::ALL.len() * A::ALL.len()
-        );
+        assert_eq!(expected.len() + refused, Status::ALL.len() * A::ALL.len());
+    }
+
+    #[test]
+    fn only_a_retry_of_a_completed_campaign_opens_a_run_epoch_besides_start_and_resume() {
+        for from in Status::ALL {
+            for action in Action::ALL {
+                let Ok(to) = next_status(from, action) else {
+                    continue;
+                };
+                let expected = matches!(action, Action::Start | Action::Resume)
+                    || (action == Action::Retry && from == Status::Completed);
+                assert_eq!(action.opens_run_epoch(to), expected, "{from} + {action}");
+            }
+        }
     }
 
     #[test]

@@ -277,10 +277,12 @@ impl Outbox {
                 .await?
                 .boxed(),
         );
-        // A decided A/B test opens a new run epoch while sending: pack the rest.
+        // A decided A/B test opens a new run epoch while sending, and a retry
+        // when it made a completed campaign send again (on a paused one the
+        // resume packs the re-opened rows): pack the rest.
         let packs = match event.event_type.as_str() {
             "started" | "resumed" => true,
-            "ab_decided" => status == Status::Sending,
+            "ab_decided" | "retried" => status == Status::Sending,
             _ => false,
         };
         if packs {

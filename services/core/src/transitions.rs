@@ -18,6 +18,17 @@ use crate::campaigns::{CAMPAIGN_COLUMNS, Campaign};
 use crate::contracts::TriggeredBy;
 use crate::lifecycle::{Action, InvalidTransition, Status, next_status};
 use crate::outbox::Outbox;
+use crate::retry::{RetrySelection, reopen_failed};
+
+/// What a transition carries beyond its action.
+#[derive(Debug, Clone)]
+pub enum TransitionDetail {
+    /// `retry`: which failed recipients to re-open ([`crate::retry`]).
+    Retry(RetrySelection),
+    /// Why a system actor made the transition (for example an auto-pause's
+    /// `{"reason": "failure_rate", ...}`), merged into the event payload.
+    Cause(serde_json::Map<String, serde_json::Value>),
+}
 
 /// Who asked, and how to trace it.
 #[derive(Debug, Clone)]
@@ -48,6 +59,8 @@ pub struct TransitionRequest {
     /// Required by `schedule`.
     pub scheduled_at: Option<DateTime<Utc>>,
     pub actor: Actor,
+    /// Required by `retry`; a cause for any other.
+    pub detail: Option<TransitionDetail>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +86,8 @@ pub struct Transitioned {
     /// acks name it (`crate::presence`).
     pub correlation_id: Uuid,
     pub from: Status,
+    /// For `retry`: how many failed recipients it re-opened.
+    pub reopened: Option<i64>,
 }
 
 /// Appends one event under the caller's lock of the campaign row.
@@ -158,14 +173,15 @@ async fn update_projection(
              scheduled_at = CASE WHEN $4 = 'schedule' THEN $5
                                  WHEN $4 = 'unschedule' THEN NULL ELSE scheduled_at END,
              started_at = CASE WHEN $4 = 'start' THEN coalesce(started_at, now()) ELSE started_at END,
-             finished_at = CASE WHEN $2 IN ('stopped', 'completed', 'failed') THEN now() ELSE finished_at END,
+             finished_at = CASE WHEN $2 IN ('stopped', 'completed', 'failed') THEN now()
+                                WHEN $2 = 'sending' THEN NULL ELSE finished_at END,
              updated_at = now()
          WHERE id = $1
          RETURNING {CAMPAIGN_COLUMNS}"
     )))
     .bind(id)
     .bind(to.as_str())
-    .bind(action.opens_run_epoch())
+    .bind(action.opens_run_epoch(to))
     .bind(action.as_str())
     .bind(scheduled_at)
     .fetch_one(&mut **tx)
@@ -231,23 +247,34 @@ pub async fn commit_transition(
     if let Some(reason) = crate::halt::halt_reason(request.action) {
         crate::halt::record_halt(&mut tx, current.id, reason).await?;
     }
+    let reopened = match (request.action, &request.detail) {
+        (Action::Retry, Some(TransitionDetail::Retry(selection))) => {
+            Some(reopen(&mut tx, current.id, selection).await?)
+        }
+        (Action::Retry, _) => {
+            return Err(TransitionError::Precondition("retry needs a scope".into()));
+        }
+        _ => None,
+    };
     let scheduled_at = request.scheduled_at.or(current.scheduled_at);
     let campaign = update_projection(&mut tx, current.id, to, request.action, scheduled_at).await?;
     let triggered_by = match (request.action, current.status) {
         (Action::Resume, _) => Some(TriggeredBy::Resume),
+        (Action::Retry, _) if to == Status::Sending => Some(TriggeredBy::Retry),
         (Action::Start, Status::Scheduled) if request.actor.name.starts_with("system:") => {
             Some(TriggeredBy::Schedule)
         }
         (Action::Start, _) => Some(TriggeredBy::Manual),
         _ => None,
     };
-    let payload = serde_json::json!({
+    let mut payload = serde_json::json!({
         "from": current.status,
         "to": to,
         "version": campaign.version,
         "runEpoch": campaign.run_epoch,
         "triggeredBy": triggered_by,
     });
+    add_detail(&mut payload, request.detail.as_ref(), reopened);
     let correlation_id = Uuid::new_v4();
     let event_id = append_event_correlated(
         &mut tx,
@@ -264,7 +291,52 @@ pub async fn commit_transition(
         event_id,
         correlation_id,
         from: current.status,
+        reopened,
     })
+}
+
+/// Re-opens a retry's failed recipients; none matching is a precondition
+/// failure, so a retry that would change nothing changes nothing.
+async fn reopen(
+    tx: &mut Transaction<'_, Postgres>,
+    campaign: Uuid,
+    selection: &RetrySelection,
+) -> Result<i64, TransitionError> {
+    let reopened = reopen_failed(tx, campaign, &selection.reasons).await?;
+    if reopened == 0 {
+        return Err(TransitionError::Precondition(format!(
+            "no failed recipient matches scope {:?} with reasons {:?}",
+            selection.scope.as_str(),
+            selection
+                .reasons
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+        )));
+    }
+    Ok(reopened)
+}
+
+/// The event records a retry's scope, reasons and count, and a system
+/// actor's cause, beside the transition's own fields.
+fn add_detail(
+    payload: &mut serde_json::Value,
+    detail: Option<&TransitionDetail>,
+    reopened: Option<i64>,
+) {
+    let Some(fields) = payload.as_object_mut() else {
+        return;
+    };
+    match detail {
+        Some(TransitionDetail::Retry(selection)) => {
+            if let Some(extra) = selection.payload().as_object() {
+                fields.extend(extra.clone());
+            }
+            fields.insert("reopened".into(), reopened.unwrap_or(0).into());
+        }
+        Some(TransitionDetail::Cause(cause)) => fields.extend(cause.clone()),
+        None => {}
+    }
 }
 
 /// The lifecycle service: commit, then publish through the outbox fast path.
@@ -343,6 +415,7 @@ pub async fn complete_if_done(
         expected_version: None,
         scheduled_at: None,
         actor: Actor::system(component),
+        detail: None,
     };
     match lifecycle.apply(request).await {
         Ok(_) => {

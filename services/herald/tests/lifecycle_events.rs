@@ -471,6 +471,7 @@ async fn two_relays_against_one_database_publish_every_event_exactly_once_in_ord
                     expected_version: None,
                     scheduled_at: None,
                     actor: Actor::system("test"),
+                    detail: None,
                 },
             )
             .await

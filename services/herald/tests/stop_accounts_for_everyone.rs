@@ -246,6 +246,7 @@ async fn a_stop_whose_process_died_before_skipping_is_finished_by_the_sweep_chun
         expected_version: None,
         scheduled_at: None,
         actor: herald_core::transitions::Actor::system("test"),
+        detail: None,
     };
     herald_core::transitions::commit_transition(&pool, &request)
         .await

@@ -110,6 +110,7 @@ pub async fn transition_campaign(
             expected_version: if_match.map(|m| m.0),
             scheduled_at: schedule.scheduled_at,
             actor: auth.actor(&correlation),
+            detail: None,
         })
         .await?;
     tracing::info!(campaign_id = %id, %action, from = %done.from, to = %done.campaign.status, "transition committed");
@@ -177,6 +178,7 @@ pub async fn bulk_transition(
                 expected_version: None,
                 scheduled_at: None,
                 actor: auth.actor(&correlation),
+                detail: None,
             })
             .await;
         results.push(match outcome {

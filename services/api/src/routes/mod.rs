@@ -11,5 +11,6 @@ pub mod progress;
 pub mod receipts;
 pub mod recipients;
 pub mod replicas;
+pub mod retry;
 pub mod suppression_import;
 pub mod suppressions;

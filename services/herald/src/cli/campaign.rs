@@ -49,6 +49,9 @@ pub enum CampaignCommand {
     Resume(TransitionArgs),
     /// Stop for good (--wait as for pause).
     Stop(HaltArgs),
+    /// Send a paused or completed campaign's failed recipients again
+    /// (`--scope transient` or `failed`, narrowed by `--reason`).
+    Retry(super::retry::RetryArgs),
     /// List campaigns, newest first.
     List {
         /// Only campaigns in this status.
@@ -184,6 +187,7 @@ async fn execute(client: &ApiClient, command: CampaignCommand, json: bool) -> Re
         }
         CampaignCommand::Unschedule(t) => transition(client, "unschedule", t, None, json).await?,
         CampaignCommand::Resume(t) => transition(client, "resume", t, None, json).await?,
+        CampaignCommand::Retry(args) => super::retry::retry(client, args, json).await?,
         CampaignCommand::List {
             status,
             limit,

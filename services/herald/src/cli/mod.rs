@@ -13,6 +13,7 @@ pub mod channel;
 pub mod dlq;
 pub mod events;
 pub mod progress_line;
+pub mod retry;
 pub mod sse;
 pub mod suppression;
 pub mod watch;

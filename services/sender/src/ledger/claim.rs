@@ -56,6 +56,10 @@ const SUPPRESSED_MESSAGE: &str = "the address is on the tenant's suppression lis
 /// the winner. Once decided, a `rest` row's `variant` becomes the winner as it
 /// is claimed (the column is in no index, so the update stays HOT). A
 /// suppressed test row closes in the variant's `test_open` count.
+///
+/// Each row's `attempts` comes back as the requests made since its
+/// `attempts_base` (a retry's fresh allowance, `herald_core::retry`): what
+/// counts against `HERALD_MAX_ATTEMPTS`.
 pub async fn claim_batch(
     pool: &PgPool,
     batch: &SendBatch,
@@ -106,7 +110,7 @@ pub async fn claim_batch_in(
                     updated_at = now()
              FROM cand WHERE cand.prev = 'pending' AND NOT cand.suppressed
                AND r.campaign_id = $1 AND r.id = cand.id AND r.status = 'pending'
-             RETURNING r.id, r.address, r.variables, r.attempts, r.variant
+             RETURNING r.id, r.address, r.variables, r.attempts - r.attempts_base AS attempts, r.variant
          ), taken_over AS (
              UPDATE recipients r SET status = 'sending', lease_token = $4,
                     lease_expires_at = now() + make_interval(secs => $5), claimed_at = clock_timestamp(),
@@ -115,7 +119,7 @@ pub async fn claim_batch_in(
              FROM cand WHERE cand.prev = 'sending' AND NOT cand.suppressed
                AND r.campaign_id = $1 AND r.id = cand.id
                AND r.status = 'sending' AND r.lease_expires_at < now()
-             RETURNING r.id, r.address, r.variables, r.attempts, r.variant
+             RETURNING r.id, r.address, r.variables, r.attempts - r.attempts_base AS attempts, r.variant
          ), suppressed AS (
              UPDATE recipients r SET status = 'skipped', reason = 'suppressed', last_error = $8,
                     lease_token = NULL, lease_expires_at = NULL, updated_at = now()

@@ -27,8 +27,8 @@ pub struct ClaimedRecipient {
     pub address: String,
     pub variables: serde_json::Value,
     /// Provider requests already made for this recipient in earlier runs (a
-    /// pause or stop released it mid-retry): they count against
-    /// `HERALD_MAX_ATTEMPTS`.
+    /// pause or stop released it mid-retry) since its last retry by scope
+    /// (`attempts - attempts_base`): they count against `HERALD_MAX_ATTEMPTS`.
     pub attempts: i32,
     /// The A/B variant to render it with; None in a plain campaign.
     pub variant: Option<String>,
