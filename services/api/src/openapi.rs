@@ -141,8 +141,8 @@ impl Modify for Conventions {
         crate::acks::MissingReplica, crate::acks::WaitFor, replicas::ReplicaView, replicas::ReplicaList,
         VariantSpec, VariantView, AbTestView, WinnerBody, herald_core::ab::AbTest,
         herald_core::ab::WinnerMetric, herald_core::ab::VariantCounters,
-
-        retry::RetryRequest, retry::RetryResult, herald_core::retry::RetryScope)),
+        retry::RetryRequest, retry::RetryResult, herald_core::retry::RetryScope,
+        herald_core::auto_pause::AutoPause)),
     modifiers(&BearerAuth, &Conventions)
 )]
 #[derive(Debug)]

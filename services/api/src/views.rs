@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use herald_core::ab::AbTest;
 use herald_core::address::AddressKind;
+pub use herald_core::auto_pause::AutoPause;
 use herald_core::campaigns::{Campaign, Counters, Funnel};
 use herald_core::channel::ChannelConfig;
 use herald_core::lifecycle::Status;
@@ -77,6 +78,10 @@ pub struct CreateCampaign {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 100000)]
     pub rate_limit_per_second: Option<i32>,
+    /// Pause by itself when more than `max_failure_rate` of the campaign's
+    /// last `window` outcomes failed (across every sender replica).
+    #[serde(default)]
+    pub auto_pause: Option<AutoPause>,
 }
 
 /// PATCH body: every field optional; only drafts can be edited.
@@ -99,6 +104,10 @@ pub struct UpdateCampaign {
     pub scheduled_at: Option<DateTime<Utc>>,
     #[schema(minimum = 1, maximum = 100000)]
     pub rate_limit_per_second: Option<i32>,
+    /// The campaign's auto-pause setting; `null` removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<AutoPause>)]
+    pub auto_pause: Option<Option<AutoPause>>,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -133,6 +142,11 @@ pub struct CampaignView {
     /// Why a sending campaign is not moving; null when it is not sending or
     /// not waiting.
     pub waiting: Option<WaitingView>,
+    /// Pauses the campaign by itself on a failure rate; null when off.
+    pub auto_pause: Option<AutoPause>,
+    /// Why a paused campaign paused: `failure_rate` after an auto-pause; null
+    /// for a manual pause or when not paused.
+    pub paused_reason: Option<String>,
     pub counters: Counters,
     /// How far accepted messages got, from delivery receipts: `sent` (accepted
     /// by the provider, bounces included), `delivered` (delivered or read),
@@ -181,6 +195,8 @@ impl CampaignView {
             ab_test,
             scheduled_at: c.scheduled_at,
             rate_limit_per_second: c.rate_limit_per_second,
+            auto_pause: c.auto_pause,
+            paused_reason: c.paused_reason.clone(),
             send_window: c.send_window.and_then(|w| serde_json::from_value(w).ok()),
             waiting,
             counters: c.counters,

@@ -36,6 +36,12 @@ pub struct Campaign {
     pub funnel: Funnel,
     /// The token of the channel's receipts URL (`/v1/receipts/{channel_id}/{token}`).
     pub receipts_token: String,
+    /// Pause by itself when too many of the latest outcomes fail.
+    pub auto_pause: Option<crate::auto_pause::AutoPause>,
+    /// Why a paused campaign paused, from its last `paused` event's `reason`
+    /// (`failure_rate` for an auto-pause); None for a manual pause or when not
+    /// paused.
+    pub paused_reason: Option<String>,
     /// Failed and skipped recipients by reason code (`crate::reason::Reason`
     /// names; only non-zero counts), from `campaign_reason_counts`.
     pub reasons: BTreeMap<String, i64>,
@@ -109,7 +115,9 @@ pub struct Funnel {
 pub const CAMPAIGN_COLUMNS: &str = "id, tenant_id, name, channel_id, \
     (SELECT ch.config FROM channels ch WHERE ch.id = campaigns.channel_id) AS channel, \
     template, status, version, run_epoch, \
-    packed_epoch, scheduled_at, rate_limit_per_second, send_window, \
+    packed_epoch, scheduled_at, rate_limit_per_second, send_window, auto_pause, \
+    (SELECT e.payload->>'reason' FROM campaign_events e WHERE e.campaign_id = campaigns.id \
+     AND campaigns.status = 'paused' AND e.type = 'paused' ORDER BY e.seq DESC LIMIT 1) AS paused_reason, \
     (SELECT w.reason FROM campaign_waits w WHERE w.campaign_id = campaigns.id) AS waiting_reason, \
     (SELECT w.until FROM campaign_waits w WHERE w.campaign_id = campaigns.id) AS waiting_until, \
     total_count, \
@@ -155,6 +163,10 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for Campaign {
             scheduled_at: row.try_get("scheduled_at")?,
             rate_limit_per_second: row.try_get("rate_limit_per_second")?,
             send_window: row.try_get("send_window")?,
+            auto_pause: row
+                .try_get::<Option<serde_json::Value>, _>("auto_pause")?
+                .and_then(|v| serde_json::from_value(v).ok()),
+            paused_reason: row.try_get("paused_reason")?,
             waiting: row
                 .try_get::<Option<String>, _>("waiting_reason")?
                 .map(|reason| -> Result<Waiting, sqlx::Error> {

@@ -12,6 +12,7 @@
 pub mod ab;
 pub mod address;
 pub mod auth;
+pub mod auto_pause;
 pub mod bus;
 pub mod campaigns;
 pub mod channel;

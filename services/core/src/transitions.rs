@@ -256,6 +256,10 @@ pub async fn commit_transition(
         }
         _ => None,
     };
+    // A new run measures its own failure rate (`crate::auto_pause`).
+    if request.action.opens_run_epoch(to) {
+        crate::auto_pause::reset_window(&mut tx, current.id).await?;
+    }
     let scheduled_at = request.scheduled_at.or(current.scheduled_at);
     let campaign = update_projection(&mut tx, current.id, to, request.action, scheduled_at).await?;
     let triggered_by = match (request.action, current.status) {

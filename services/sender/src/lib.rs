@@ -8,8 +8,10 @@
 //! campaign sends with), [`status_cache`] (checked before every single
 //! dispatch), [`ledger`] and [`recorder`] (claims and outcomes), [`waits`] (why a
 //! campaign is not moving), [`dispatch`] (the providers), [`in_flight`] and
-//! `control_ack` (what a control ack reports).
+//! `control_ack` (what a control ack reports), `auto_pause` (pausing a
+//! campaign whose failure rate is over its limit).
 
+mod auto_pause;
 pub mod batch;
 pub mod budget;
 pub mod config;
@@ -60,7 +62,7 @@ pub struct AppliedControl {
 }
 
 #[derive(Debug)]
-struct SenderInner {
+pub(crate) struct SenderInner {
     pool: PgPool,
     bus: Bus,
     lifecycle: Lifecycle,
@@ -130,7 +132,8 @@ impl Sender {
     ) -> anyhow::Result<Self> {
         let outbox = Outbox::relay_only(pool.clone(), bus.clone());
         let ttl = Duration::from_millis(config.status_ttl_ms);
-        Ok(Self {
+        let (trips, tripped) = tokio::sync::mpsc::unbounded_channel();
+        let sender = Self {
             inner: Arc::new(SenderInner {
                 lifecycle: Lifecycle::new(pool.clone(), outbox),
                 cache: status_cache(&pool, ttl, config.fault_status_read_delay_ms),
@@ -138,10 +141,11 @@ impl Sender {
                 waits: Waits::new(pool.clone()),
                 dispatcher: Dispatcher::new(Duration::from_millis(config.provider_timeout_ms))?,
                 dispatch_slots: Arc::new(Semaphore::new(config.concurrency.max(1))),
-                recorder: OutcomeRecorder::start(
+                recorder: OutcomeRecorder::start_with_trips(
                     pool.clone(),
                     Duration::from_millis(config.outcome_linger_ms),
                     RECORD_RETRY_LIMIT,
+                    Some(trips),
                 ),
                 detached: TaskTracker::new(),
                 applied: Mutex::new(Vec::new()),
@@ -157,7 +161,9 @@ impl Sender {
                 config,
                 replica_id,
             }),
-        })
+        };
+        tokio::spawn(auto_pause::run(Arc::downgrade(&sender.inner), tripped));
+        Ok(sender)
     }
 
     pub fn replica_id(&self) -> &str {

@@ -19,6 +19,10 @@
 //! The price is bounded by time: a `kill -9` repeats at the provider (with the
 //! same idempotency key) at most the requests in flight plus one linger's worth
 //! of finished ones. A linger of 0 writes at once, as before.
+//!
+//! The same write appends to the auto-pause windows of the campaigns that have
+//! one, and the writer hands the campaigns it found over their failure rate to
+//! the replica (`crate::auto_pause`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -27,7 +31,9 @@ use sqlx::PgPool;
 use tokio::sync::mpsc;
 use uuid::Uuid;
 
-use crate::ledger::{self, LeasedOutcome, RecipientOutcome};
+use herald_core::auto_pause::Tripped;
+
+use crate::ledger::{self, LeasedOutcome, Marked, RecipientOutcome};
 
 /// The most outcomes in one write.
 const MAX_GROUP: usize = 2_000;
@@ -60,8 +66,25 @@ impl OutcomeRecorder {
     /// retried for up to `retry_limit`: giving up would let the leases expire and
     /// send those recipients a second time.
     pub fn start(pool: PgPool, linger: Duration, retry_limit: Duration) -> Self {
+        Self::start_with_trips(pool, linger, retry_limit, None)
+    }
+
+    /// [`OutcomeRecorder::start`], and every campaign a write finds over its
+    /// auto-pause failure rate is sent to `trips` (`herald_core::auto_pause`).
+    pub fn start_with_trips(
+        pool: PgPool,
+        linger: Duration,
+        retry_limit: Duration,
+        trips: Option<mpsc::UnboundedSender<Tripped>>,
+    ) -> Self {
         let (queue, receiver) = mpsc::unbounded_channel();
-        tokio::spawn(write_groups(pool, receiver, linger, retry_limit));
+        let writer = Writer {
+            pool,
+            linger,
+            retry_limit,
+            trips,
+        };
+        tokio::spawn(writer.write_groups(receiver));
         Self { queue }
     }
 
@@ -123,31 +146,45 @@ impl BatchRecording {
     }
 }
 
-async fn write_groups(
+/// The writer task's settings.
+struct Writer {
     pool: PgPool,
-    mut receiver: mpsc::UnboundedReceiver<Queued>,
     linger: Duration,
     retry_limit: Duration,
-) {
-    let mut group: Vec<Queued> = Vec::with_capacity(MAX_GROUP);
-    while let Some(first) = receiver.recv().await {
-        group.push(first);
-        let linger_until = tokio::time::Instant::now() + linger;
-        while group.len() < MAX_GROUP {
-            match receiver.try_recv() {
-                Ok(queued) => group.push(queued),
-                Err(_) if group.len() >= FULL_GROUP || linger.is_zero() => break,
-                Err(_) => match tokio::time::timeout_at(linger_until, receiver.recv()).await {
-                    Ok(Some(queued)) => group.push(queued),
-                    Ok(None) | Err(_) => break,
-                },
+    trips: Option<mpsc::UnboundedSender<Tripped>>,
+}
+
+impl Writer {
+    async fn write_groups(self, mut receiver: mpsc::UnboundedReceiver<Queued>) {
+        let mut group: Vec<Queued> = Vec::with_capacity(MAX_GROUP);
+        while let Some(first) = receiver.recv().await {
+            group.push(first);
+            let linger_until = tokio::time::Instant::now() + self.linger;
+            while group.len() < MAX_GROUP {
+                match receiver.try_recv() {
+                    Ok(queued) => group.push(queued),
+                    Err(_) if group.len() >= FULL_GROUP || self.linger.is_zero() => break,
+                    Err(_) => match tokio::time::timeout_at(linger_until, receiver.recv()).await {
+                        Ok(Some(queued)) => group.push(queued),
+                        Ok(None) | Err(_) => break,
+                    },
+                }
+            }
+            let outcomes: Vec<LeasedOutcome> = group.iter().map(|q| q.outcome.clone()).collect();
+            let result = write_with_retry(&self.pool, &outcomes, self.retry_limit).await;
+            let result = result.map(|marked| self.report_trips(marked.tripped));
+            for queued in group.drain(..) {
+                // A batch that gave up waiting has dropped its receiver; nothing to tell.
+                let _ = queued.written.send(result.clone());
             }
         }
-        let outcomes: Vec<LeasedOutcome> = group.iter().map(|q| q.outcome.clone()).collect();
-        let result = write_with_retry(&pool, &outcomes, retry_limit).await;
-        for queued in group.drain(..) {
-            // A batch that gave up waiting has dropped its receiver; nothing to tell.
-            let _ = queued.written.send(result.clone());
+    }
+
+    fn report_trips(&self, tripped: Vec<Tripped>) {
+        if let Some(trips) = &self.trips {
+            for trip in tripped {
+                let _ = trips.send(trip);
+            }
         }
     }
 }
@@ -156,14 +193,14 @@ async fn write_with_retry(
     pool: &PgPool,
     outcomes: &[LeasedOutcome],
     retry_limit: Duration,
-) -> Result<(), RecordError> {
+) -> Result<Marked, RecordError> {
     let give_up = tokio::time::Instant::now() + retry_limit;
     let mut delay = Duration::from_millis(100);
     loop {
         match ledger::mark_leased_outcomes(pool, outcomes).await {
-            Ok(written) => {
-                log_lost_leases(outcomes, &written);
-                return Ok(());
+            Ok(marked) => {
+                log_lost_leases(outcomes, &marked.written);
+                return Ok(marked);
             }
             Err(error)
                 if herald_core::db::is_unavailable(&error)

@@ -54,6 +54,13 @@ pub(crate) fn validate_scheduled_at(at: Option<DateTime<Utc>>) -> ApiResult<()> 
     Ok(())
 }
 
+fn validate_auto_pause(auto_pause: Option<&AutoPause>) -> ApiResult<()> {
+    match auto_pause {
+        Some(setting) => setting.validate().map_err(ApiError::validation),
+        None => Ok(()),
+    }
+}
+
 fn validate_rate(rate: Option<i32>) -> ApiResult<()> {
     match rate {
         Some(r) if !(1..=100_000).contains(&r) => Err(ApiError::validation(
@@ -122,8 +129,9 @@ async fn insert_campaign(
     let (template, variants, ab_test) = messages;
     sqlx::query(
         "INSERT INTO campaigns (id, tenant_id, name, channel_id, template, status, scheduled_at,
-                                rate_limit_per_second, send_window, variants, ab_test)
-         VALUES ($1, $2, $3, $4, $5, 'draft', $6, $7, $8, $9, $10)",
+                                rate_limit_per_second, send_window, variants, ab_test,
+                                auto_pause)
+         VALUES ($1, $2, $3, $4, $5, 'draft', $6, $7, $8, $9, $10, $11)",
     )
     .bind(id)
     .bind(tenant)
@@ -135,6 +143,7 @@ async fn insert_campaign(
     .bind(window_json(body.send_window.as_ref()))
     .bind(variants)
     .bind(ab_test)
+    .bind(body.auto_pause.as_ref().map(AutoPause::to_json))
     .execute(&mut **tx)
     .await?;
     Ok(id)
@@ -163,6 +172,7 @@ pub async fn create_campaign(
         .ok_or_else(|| ApiError::validation("give channel_id or channel"))?;
     let messages = validate_messages(&body)?;
     validate_rate(body.rate_limit_per_second)?;
+    validate_auto_pause(body.auto_pause.as_ref())?;
     validate_scheduled_at(body.scheduled_at)?;
     if let Some(window) = &body.send_window {
         validate_window(window)?;
@@ -313,6 +323,7 @@ async fn apply_update(
              scheduled_at = coalesce($5, scheduled_at),
              rate_limit_per_second = coalesce($6, rate_limit_per_second),
              send_window = CASE WHEN $7 THEN $8 ELSE send_window END,
+             auto_pause = CASE WHEN $9 THEN $10 ELSE auto_pause END,
              version = version + 1,
              updated_at = now()
          WHERE id = $1 RETURNING {CAMPAIGN_COLUMNS}"
@@ -331,6 +342,13 @@ async fn apply_update(
     .bind(window_json(
         body.send_window.as_ref().and_then(Option::as_ref),
     ))
+    .bind(body.auto_pause.is_some())
+    .bind(
+        body.auto_pause
+            .as_ref()
+            .and_then(Option::as_ref)
+            .map(AutoPause::to_json),
+    )
     .fetch_one(&mut **tx)
     .await
 }
@@ -363,6 +381,7 @@ pub async fn update_campaign(
         validate_template(template, "template")?;
     }
     validate_rate(body.rate_limit_per_second)?;
+    validate_auto_pause(body.auto_pause.as_ref().and_then(Option::as_ref))?;
     validate_scheduled_at(body.scheduled_at)?;
     if let Some(Some(window)) = &body.send_window {
         validate_window(window)?;

@@ -151,9 +151,9 @@ async fn copy_campaign(
     let id = Uuid::new_v4();
     sqlx::query(
         "INSERT INTO campaigns (id, tenant_id, name, channel_id, template, status,
-                                rate_limit_per_second, send_window, variants, ab_test)
+                                rate_limit_per_second, send_window, variants, ab_test, auto_pause)
          SELECT $1, tenant_id, $4, $5, template, 'draft', rate_limit_per_second, send_window,
-                variants, ab_test
+                variants, ab_test, auto_pause
          FROM campaigns WHERE id = $2 AND tenant_id = $3",
     )
     .bind(id)

@@ -63,6 +63,10 @@ pub struct Progress {
     /// while it sends freely or is not sending.
     #[serde(default)]
     pub waiting: Option<WaitingView>,
+    /// Why a paused campaign paused (as in `GET /v1/campaigns/{id}`):
+    /// `failure_rate` after an auto-pause, null otherwise.
+    #[serde(default)]
+    pub paused_reason: Option<String>,
 }
 
 impl From<&Campaign> for Progress {
@@ -73,6 +77,7 @@ impl From<&Campaign> for Progress {
             counters: campaign.counters,
             funnel: campaign.funnel,
             waiting: WaitingView::of(campaign),
+            paused_reason: campaign.paused_reason.clone(),
         }
     }
 }

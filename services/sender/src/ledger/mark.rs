@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use herald_core::auto_pause::Tripped;
+
 use super::{LeasedOutcome, RecipientOutcome, counter_shard};
 
 /// Records one lease's sent and failed rows; returns how many it wrote.
@@ -23,7 +25,19 @@ pub async fn mark_outcomes(
             outcome: outcome.clone(),
         })
         .collect();
-    Ok(mark_leased_outcomes(pool, &leased).await?.values().sum())
+    Ok(mark_leased_outcomes(pool, &leased)
+        .await?
+        .written
+        .values()
+        .sum())
+}
+
+/// What one outcome write did: rows written per lease, and the campaigns whose
+/// auto-pause window it pushed over their failure rate.
+#[derive(Debug, Clone, Default)]
+pub struct Marked {
+    pub written: HashMap<Uuid, i64>,
+    pub tripped: Vec<Tripped>,
 }
 
 /// Records sent and failed rows of any number of leases in one statement (one
@@ -50,12 +64,19 @@ pub async fn mark_outcomes(
 /// An A/B campaign's rows also count per variant (`campaign_variant_counts`:
 /// sent, failed, and a test row's close in `test_open`), and its messages
 /// carry their variant into `provider_messages`, where receipts count them.
+///
+/// For campaigns with `auto_pause`, the same statement appends the rows'
+/// outcomes to the campaign's window (`campaign_outcome_windows`, in campaign
+/// order after the shards; see `herald_core::auto_pause`) and returns the
+/// sending campaigns whose full window now fails more than their rate. Other
+/// campaigns cost one primary-key probe of `campaigns` per write, which the
+/// receipts insert makes anyway.
 pub async fn mark_leased_outcomes(
     pool: &PgPool,
     outcomes: &[LeasedOutcome],
-) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
+) -> Result<Marked, sqlx::Error> {
     let Some(first) = outcomes.first() else {
-        return Ok(HashMap::new());
+        return Ok(Marked::default());
     };
     let campaigns: Vec<Uuid> = outcomes.iter().map(|o| o.campaign_id).collect();
     let tokens: Vec<Uuid> = outcomes.iter().map(|o| o.lease_token).collect();
@@ -77,7 +98,7 @@ pub async fn mark_leased_outcomes(
         .map(|o| o.outcome.reason.map(|r| r.as_str()))
         .collect();
     let attempts: Vec<i32> = outcomes.iter().map(|o| o.outcome.attempts).collect();
-    let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+    let rows: Vec<(Uuid, i64, serde_json::Value)> = sqlx::query_as(
         "WITH o AS MATERIALIZED (
              SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[], $5::text[],
                                   $6::text[], $7::int[], $9::text[])
@@ -118,8 +139,28 @@ pub async fn mark_leased_outcomes(
              ON CONFLICT (campaign_id, shard, variant) DO UPDATE SET
                  sent = vc.sent + excluded.sent, failed = vc.failed + excluded.failed,
                  test_open = vc.test_open + excluded.test_open
+         ), windowed AS (
+             INSERT INTO campaign_outcome_windows AS w (campaign_id, window_size, outcomes)
+             SELECT upd.campaign_id, max((c.auto_pause->>'window')::int),
+                    right(string_agg(CASE WHEN upd.status = 'failed' THEN '1' ELSE '0' END, ''
+                                     ORDER BY upd.id), max((c.auto_pause->>'window')::int))
+             FROM upd JOIN campaigns c ON c.id = upd.campaign_id AND c.auto_pause IS NOT NULL
+             GROUP BY upd.campaign_id ORDER BY upd.campaign_id
+             ON CONFLICT (campaign_id) DO UPDATE SET window_size = excluded.window_size,
+                 outcomes = right(w.outcomes || excluded.outcomes, excluded.window_size)
+             RETURNING w.campaign_id, w.window_size, right(w.outcomes, w.window_size) AS ring
+         ), tripped AS (
+             SELECT windowed.campaign_id, windowed.window_size AS size,
+                    (length(ring) - length(replace(ring, '1', '')))::float8 / windowed.window_size AS failure_rate,
+                    (c.auto_pause->>'max_failure_rate')::float8 AS max_rate
+             FROM windowed JOIN campaigns c ON c.id = windowed.campaign_id AND c.status = 'sending'
+             WHERE length(ring) >= windowed.window_size
          )
-         SELECT lease_token, count(*) FROM upd GROUP BY lease_token",
+         SELECT lease_token, count(*),
+                (SELECT coalesce(jsonb_agg(jsonb_build_object('campaign_id', campaign_id,
+                         'failure_rate', failure_rate, 'window', size)), '[]'::jsonb)
+                 FROM tripped WHERE failure_rate > max_rate) AS tripped
+         FROM upd GROUP BY lease_token",
     )
     .bind(&campaigns)
     .bind(&tokens)
@@ -132,5 +173,12 @@ pub async fn mark_leased_outcomes(
     .bind(&reasons)
     .fetch_all(pool)
     .await?;
-    Ok(rows.into_iter().collect())
+    let tripped = rows
+        .first()
+        .and_then(|row| serde_json::from_value(row.2.clone()).ok())
+        .unwrap_or_default();
+    Ok(Marked {
+        written: rows.into_iter().map(|(lease, n, _)| (lease, n)).collect(),
+        tripped,
+    })
 }

@@ -18,7 +18,7 @@ mod mark;
 
 pub use claim::{claim_batch, claim_batch_in};
 pub use lease::{Released, finish_lease, release_claims, renew_leases};
-pub use mark::{mark_leased_outcomes, mark_outcomes};
+pub use mark::{Marked, mark_leased_outcomes, mark_outcomes};
 
 /// A recipient this replica now holds a lease on.
 #[derive(Debug, Clone)]
