@@ -202,3 +202,107 @@ async fn the_auto_pause_setting_is_validated_and_edited_like_the_other_draft_fie
     assert_eq!(body["auto_pause"], Value::Null, "null removes it");
     stack.stop().await;
 }
+
+/// One replica's outcome write: `rows`, all failed (rejected), under `lease`.
+async fn write_failed(
+    pool: &sqlx::PgPool,
+    campaign: Uuid,
+    lease: Uuid,
+    rows: &[i64],
+) -> herald_sender::ledger::Marked {
+    use herald_sender::ledger::{LeasedOutcome, RecipientOutcome, mark_leased_outcomes};
+    let outcomes: Vec<LeasedOutcome> = rows
+        .iter()
+        .map(|&id| LeasedOutcome {
+            campaign_id: campaign,
+            lease_token: lease,
+            outcome: RecipientOutcome::failed(
+                id,
+                herald_core::reason::Reason::ProviderRejected,
+                "rejected".into(),
+                1,
+            ),
+        })
+        .collect();
+    mark_leased_outcomes(pool, &outcomes).await.unwrap()
+}
+
+#[tokio::test]
+async fn the_window_is_the_campaigns_so_two_replicas_half_filling_it_each_trip_it_together() {
+    use herald_sender::ledger::claim_batch;
+    let stack = Stack::start(0, 0, test_sender_config()).await;
+    let pool = stack.env.pool();
+    let setting = json!({"max_failure_rate": 0.5, "window": 40});
+    let (status, body) = create_with(&stack, json!({"provider": "log"}), setting).await;
+    assert_eq!(status, 201, "{body}");
+    let id: Uuid = body["id"].as_str().unwrap().parse().unwrap();
+    let plain = stack.create_campaign(json!({"provider": "log"})).await;
+    for campaign in [id, plain] {
+        stack.import(campaign, 60).await;
+        assert_eq!(stack.transition(campaign, "start").await.0, 200);
+    }
+    let batch = |campaign| herald_core::contracts::SendBatch {
+        campaign_id: campaign,
+        run_epoch: 1,
+        first_recipient_id: 0,
+        last_recipient_id: i64::MAX,
+        recipient_count: 30,
+        correlation_id: Uuid::new_v4(),
+    };
+    // Two replicas, each with a lease on 30 rows.
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let claim = |lease| {
+        let (pool, batch) = (pool.clone(), batch(id));
+        async move {
+            let rows = claim_batch(&pool, &batch, lease, 30.0, 30)
+                .await
+                .unwrap()
+                .rows;
+            rows.into_iter().map(|r| r.id).collect::<Vec<i64>>()
+        }
+    };
+    let (rows_a, rows_b) = (claim(a).await, claim(b).await);
+    assert_eq!((rows_a.len(), rows_b.len()), (30, 30));
+
+    // 20 failures from each: neither replica's own 20 fill a window of 40;
+    // together they do, all failed.
+    let first = write_failed(&pool, id, a, &rows_a[..20]).await;
+    assert!(first.tripped.is_empty(), "{:?}", first.tripped);
+    let second = write_failed(&pool, id, b, &rows_b[..20]).await;
+    assert_eq!(second.tripped.len(), 1, "{:?}", second.tripped);
+    assert_eq!(second.tripped[0].campaign_id, id);
+    assert_eq!(second.tripped[0].window, 40);
+    assert_eq!(second.tripped[0].failure_rate, 1.0);
+
+    // Once paused, more failures trip nothing (the pause already happened).
+    assert_eq!(stack.transition(id, "pause").await.0, 200);
+    let paused = write_failed(&pool, id, a, &rows_a[20..]).await;
+    assert!(paused.tripped.is_empty(), "{:?}", paused.tripped);
+    // The resume empties the window: the new run measures itself.
+    assert_eq!(stack.transition(id, "resume").await.0, 200);
+    let ring: String =
+        sqlx::query_scalar("SELECT outcomes FROM campaign_outcome_windows WHERE campaign_id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(ring, "");
+
+    // A campaign without auto_pause never gets a window.
+    let plain_lease = Uuid::new_v4();
+    let plain_rows = claim_batch(&pool, &batch(plain), plain_lease, 30.0, 30)
+        .await
+        .unwrap()
+        .rows;
+    let ids: Vec<i64> = plain_rows.iter().map(|r| r.id).collect();
+    let marked = write_failed(&pool, plain, plain_lease, &ids).await;
+    assert!(marked.tripped.is_empty());
+    let windows: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM campaign_outcome_windows WHERE campaign_id = $1")
+            .bind(plain)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(windows, 0);
+    stack.stop().await;
+}

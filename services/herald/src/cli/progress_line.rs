@@ -70,7 +70,13 @@ pub fn details(progress: &Progress, rate: Option<f64>) -> Vec<String> {
                 parts.push("rate-limited".into());
             }
         }
-        (Status::Paused, _) => parts.push("paused: `herald campaign resume` continues".into()),
+        (Status::Paused, _) => match &progress.paused_reason {
+            // An auto-pause says why (`failure_rate`).
+            Some(reason) => parts.push(format!(
+                "paused itself ({reason}): `herald campaign resume` continues"
+            )),
+            None => parts.push("paused: `herald campaign resume` continues".into()),
+        },
         _ => {}
     }
     parts.push(format!("failed {}", grouped(c.failed)));
@@ -166,7 +172,17 @@ mod tests {
             },
             funnel: Funnel::default(),
             waiting: None,
+            paused_reason: None,
         }
+    }
+
+    #[test]
+    fn an_auto_pause_says_why_it_paused() {
+        let mut progress = sending(1_000, 900);
+        progress.status = Status::Paused;
+        progress.paused_reason = Some("failure_rate".into());
+        let line = bar_line(&progress, &details(&progress, None), 300);
+        assert!(line.contains("paused itself (failure_rate)"), "{line}");
     }
 
     #[test]
