@@ -10,7 +10,7 @@
 //! refused: providers report on messages sent by other systems too.
 
 use axum::body::Bytes;
-use axum::extract::rejection::PathRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use herald_core::receipts::formats::parse_receipts;
@@ -66,9 +66,11 @@ fn tokens_match(expected: &str, given: &str) -> bool {
 pub async fn post_receipts(
     State(state): State<AppState>,
     path: Result<Path<(Uuid, String)>, PathRejection>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<axum::Json<ReceiptsResult>> {
     let Path((channel_id, token)) = path.map_err(|_| receipts_not_found())?;
+    // Over the body limit: 413 in the JSON error shape, not axum's plain text.
+    let body = body?;
     receive(state, channel_id, &token, &body).await
 }
 
@@ -88,9 +90,10 @@ pub async fn post_receipts(
 pub async fn post_receipts_by_event(
     State(state): State<AppState>,
     path: Result<Path<(Uuid, String, String)>, PathRejection>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<axum::Json<ReceiptsResult>> {
     let Path((channel_id, token, _event)) = path.map_err(|_| receipts_not_found())?;
+    let body = body?;
     receive(state, channel_id, &token, &body).await
 }
 
