@@ -29,6 +29,7 @@ use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::reason::Reason;
+use crate::transitions::TransitionError;
 
 /// Which failed recipients a retry re-opens, before `reasons` narrows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -172,6 +173,28 @@ pub async fn reopen_failed(
     .bind(&codes)
     .fetch_one(&mut **tx)
     .await
+}
+
+/// [`reopen_failed`] for the `retry` transition: none matching is a
+/// precondition failure, so a retry that would change nothing changes nothing.
+pub(crate) async fn reopen(
+    tx: &mut Transaction<'_, Postgres>,
+    campaign: Uuid,
+    selection: &RetrySelection,
+) -> Result<i64, TransitionError> {
+    let reopened = reopen_failed(tx, campaign, &selection.reasons).await?;
+    if reopened == 0 {
+        return Err(TransitionError::Precondition(format!(
+            "no failed recipient matches scope {:?} with reasons {:?}",
+            selection.scope.as_str(),
+            selection
+                .reasons
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+        )));
+    }
+    Ok(reopened)
 }
 
 #[cfg(test)]

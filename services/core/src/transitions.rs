@@ -18,7 +18,7 @@ use crate::campaigns::{CAMPAIGN_COLUMNS, Campaign};
 use crate::contracts::TriggeredBy;
 use crate::lifecycle::{Action, InvalidTransition, Status, next_status};
 use crate::outbox::Outbox;
-use crate::retry::{RetrySelection, reopen_failed};
+use crate::retry::{RetrySelection, reopen};
 
 /// What a transition carries beyond its action.
 #[derive(Debug, Clone)]
@@ -297,28 +297,6 @@ pub async fn commit_transition(
         from: current.status,
         reopened,
     })
-}
-
-/// Re-opens a retry's failed recipients; none matching is a precondition
-/// failure, so a retry that would change nothing changes nothing.
-async fn reopen(
-    tx: &mut Transaction<'_, Postgres>,
-    campaign: Uuid,
-    selection: &RetrySelection,
-) -> Result<i64, TransitionError> {
-    let reopened = reopen_failed(tx, campaign, &selection.reasons).await?;
-    if reopened == 0 {
-        return Err(TransitionError::Precondition(format!(
-            "no failed recipient matches scope {:?} with reasons {:?}",
-            selection.scope.as_str(),
-            selection
-                .reasons
-                .iter()
-                .map(|r| r.as_str())
-                .collect::<Vec<_>>()
-        )));
-    }
-    Ok(reopened)
 }
 
 /// The event records a retry's scope, reasons and count, and a system
