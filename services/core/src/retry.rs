@@ -133,8 +133,10 @@ impl RetrySelection {
 /// Moves the campaign's failed rows with one of `reasons` back to pending, in
 /// the caller's transaction (which holds the campaign row), with a fresh
 /// attempts allowance (see the module docs). The ledger counters (shard 0:
-/// failed -n, pending +n) and the reason counts (-n per reason) move in the
-/// same statement. Returns how many rows it re-opened.
+/// failed -n, pending +n), the reason counts (-n per reason) and, for an A/B
+/// campaign, the variant counts (failed -n; a test-cohort row is open again,
+/// `test_open` +1) move in the same statement, in the order the mark writes
+/// them. Returns how many rows it re-opened.
 ///
 /// No index covers `status` or `reason` (migrations/0002_hot_ledger.sql), so
 /// this reads every row of the campaign once: about 0.3 s per million
@@ -155,7 +157,7 @@ pub async fn reopen_failed(
                     attempts_base = r.attempts, lease_token = NULL, lease_expires_at = NULL,
                     updated_at = now()
              FROM old WHERE r.campaign_id = $1 AND r.id = old.id AND r.status = 'failed'
-             RETURNING old.reason
+             RETURNING old.reason, r.variant, r.ab_cohort
          ), counted AS (
              INSERT INTO campaign_counter_deltas AS d (campaign_id, shard, pending, failed)
              SELECT $1, 0, count(*), -count(*) FROM upd HAVING count(*) > 0
@@ -166,6 +168,12 @@ pub async fn reopen_failed(
              INSERT INTO campaign_reason_counts AS rc (campaign_id, shard, reason, count)
              SELECT $1, 0, reason, -count(*) FROM upd GROUP BY reason ORDER BY reason
              ON CONFLICT (campaign_id, shard, reason) DO UPDATE SET count = rc.count + excluded.count
+         ), by_variant AS (
+             INSERT INTO campaign_variant_counts AS vc (campaign_id, shard, variant, failed, test_open)
+             SELECT $1, 0, variant, -count(*), count(*) FILTER (WHERE ab_cohort = 'test')
+             FROM upd WHERE variant IS NOT NULL GROUP BY variant ORDER BY variant
+             ON CONFLICT (campaign_id, shard, variant) DO UPDATE SET
+                 failed = vc.failed + excluded.failed, test_open = vc.test_open + excluded.test_open
          )
          SELECT count(*) FROM upd",
     )

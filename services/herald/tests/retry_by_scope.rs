@@ -326,3 +326,62 @@ async fn a_retry_is_refused_on_stopped_draft_and_sending_campaigns_and_for_bad_s
     assert_every_fate_accounted(&stack.client, &stack.env.pool(), sending).await;
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn a_retry_of_an_ab_campaign_moves_its_variant_counts_with_the_ledger() {
+    // Every third recipient is rejected on its first request only.
+    let provider = ProviderDouble::scripted(Duration::ZERO, |r| {
+        if r.recipient_id % 3 == 0 && r.attempt == 1 {
+            Reply::Status(400)
+        } else {
+            Reply::Ok
+        }
+    })
+    .await;
+    let stack = Stack::start(1, 1, fast_retries(4)).await;
+    let pool = stack.env.pool();
+    let (status, body) = stack
+        .call(
+            Method::POST,
+            "/v1/campaigns",
+            Some(json!({
+                "name": "a/b", "channel": provider.webhook_channel(),
+                "variants": [
+                    {"name": "A", "template": {"body": "A {{ name }}"}, "weight": 50},
+                    {"name": "B", "template": {"body": "B {{ name }}"}, "weight": 50}
+                ],
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let id: Uuid = body["id"].as_str().unwrap().parse().unwrap();
+    stack.import(id, 60).await;
+    assert_eq!(stack.transition(id, "start").await.0, 200);
+    stack
+        .wait_for_status(id, Status::Completed, Duration::from_secs(60))
+        .await;
+    let (status, body) = retry(&stack, id, json!({"scope": "failed"})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["reopened"], 20);
+    let done = stack
+        .wait_for_status(id, Status::Completed, Duration::from_secs(60))
+        .await;
+    assert_eq!(done["counters"]["sent"], 60, "{done}");
+    // Each variant's figures equal its ledger rows: all sent, none failed.
+    let ledger: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT variant, count(*) FROM recipients WHERE campaign_id = $1 AND status = 'sent'
+         GROUP BY variant ORDER BY variant",
+    )
+    .bind(id)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let variants = done["variants"].as_array().expect("variants");
+    for (name, sent) in ledger {
+        let view = variants.iter().find(|v| v["name"] == name).unwrap();
+        assert_eq!(view["counters"]["sent"], sent, "{view}");
+        assert_eq!(view["counters"]["failed"], 0, "{view}");
+    }
+    assert_every_fate_accounted(&stack.client, &pool, id).await;
+    stack.stop().await;
+}
