@@ -183,6 +183,33 @@ pub async fn reopen_failed(
     .await
 }
 
+/// An undecided A/B test whose test cohort has open rows again (a retry
+/// re-opened some) is no longer done: its `ab_decision` wait goes and the time
+/// the test was done is forgotten, so no decision is taken before the retried
+/// test rows are sent (and counted), and the sweep looks after them again.
+/// Noting the test done (`crate::ab::decision::note_test_done`) records both
+/// again once they are.
+async fn reopen_undecided_test(
+    tx: &mut Transaction<'_, Postgres>,
+    campaign: Uuid,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "WITH undone AS (
+             UPDATE campaigns SET ab_test_done_at = NULL
+             WHERE id = $1 AND ab_test IS NOT NULL AND ab_winner IS NULL
+               AND (SELECT coalesce(sum(test_open), 0) FROM campaign_variant_counts v
+                    WHERE v.campaign_id = $1) > 0
+             RETURNING id
+         )
+         DELETE FROM campaign_waits w USING undone
+         WHERE w.campaign_id = undone.id AND w.reason = 'ab_decision'",
+    )
+    .bind(campaign)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 /// [`reopen_failed`] for the `retry` transition: none matching is a
 /// precondition failure, so a retry that would change nothing changes nothing.
 pub(crate) async fn reopen(
@@ -191,6 +218,7 @@ pub(crate) async fn reopen(
     selection: &RetrySelection,
 ) -> Result<i64, TransitionError> {
     let reopened = reopen_failed(tx, campaign, &selection.reasons).await?;
+    reopen_undecided_test(tx, campaign).await?;
     if reopened == 0 {
         return Err(TransitionError::Precondition(format!(
             "no failed recipient matches scope {:?} with reasons {:?}",

@@ -385,3 +385,73 @@ async fn a_stop_of_an_ab_test_accounts_for_every_recipient_and_sends_no_more() {
     );
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn a_retry_that_reopens_test_rows_takes_back_the_wait_for_a_decision_until_they_are_sent() {
+    // Every third recipient is rejected on its first request only.
+    let provider = ProviderDouble::scripted(Duration::ZERO, |r| {
+        if r.recipient_id % 3 == 0 && r.attempt == 1 {
+            Reply::Status(400)
+        } else {
+            Reply::Ok
+        }
+    })
+    .await;
+    let stack = Stack::start(1, 1, test_sender_config()).await;
+    let pool = stack.env.pool();
+    let id = ab_campaign(
+        &stack,
+        &provider,
+        json!({"test_percent": 50, "winner_metric": "sent", "decide_after_seconds": 3600}),
+    )
+    .await;
+    stack.import(id, 60).await;
+    assert_eq!(stack.transition(id, "start").await.0, 200);
+    let waiting = wait_until(&stack, id, Duration::from_secs(60), waits_for_decision).await;
+    let until = |body: &Value| {
+        chrono::DateTime::parse_from_rfc3339(body["waiting"]["until"].as_str().unwrap()).unwrap()
+    };
+    let first_until = until(&waiting);
+    assert!(
+        waiting["counters"]["failed"].as_i64().unwrap() > 0,
+        "{waiting}"
+    );
+
+    assert_eq!(stack.transition(id, "pause").await.0, 200);
+    let path = format!("/v1/campaigns/{id}/retry");
+    let (status, body) = stack
+        .call(Method::POST, &path, Some(json!({"scope": "failed"})))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // The test is not done any more: no decision may be taken on it now.
+    let (waits, done_at): (i64, Option<chrono::DateTime<chrono::Utc>>) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM campaign_waits WHERE campaign_id = $1 AND reason = 'ab_decision'),
+                (SELECT ab_test_done_at FROM campaigns WHERE id = $1)",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!((waits, done_at), (0, None));
+
+    assert_eq!(stack.transition(id, "resume").await.0, 200);
+    let waiting = wait_until(&stack, id, Duration::from_secs(60), |b| {
+        waits_for_decision(b) && b["counters"]["failed"] == 0
+    })
+    .await;
+    let second_until = until(&waiting);
+    assert!(
+        second_until > first_until,
+        "the decision time counts from the retried rows' end: {first_until} then {second_until}"
+    );
+    let rest_sent: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM recipients WHERE campaign_id = $1 AND ab_cohort = 'rest' AND status <> 'pending'",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(rest_sent, 0, "the rest waits for the winner");
+    assert_eq!(stack.transition(id, "stop").await.0, 200);
+    stack.stop().await;
+}

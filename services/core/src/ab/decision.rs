@@ -248,6 +248,8 @@ pub async fn due_decisions(pool: &PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx:
         "SELECT c.id FROM campaign_waits w JOIN campaigns c ON c.id = w.campaign_id
          WHERE w.reason = 'ab_decision' AND w.until <= now()
            AND c.status = 'sending' AND c.ab_winner IS NULL
+           AND (SELECT coalesce(sum(v.test_open), 0) FROM campaign_variant_counts v
+                WHERE v.campaign_id = c.id) = 0
          ORDER BY w.until LIMIT $1",
     )
     .bind(limit)

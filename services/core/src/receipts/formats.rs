@@ -9,7 +9,10 @@
 //! "date_time": "<ISO 8601>", "sender", "server_url", "apikey"}`. `data` names the
 //! message by `keyId` (Evolution 2.x, `whatsapp.baileys.service.ts` and the Meta
 //! business service) or by `id` (1.8, where `data` spreads the message key and
-//! carries `datetime` in epoch milliseconds). `status` is one of Baileys'
+//! carries `datetime` in epoch milliseconds). The envelope's `date_time` is not
+//! used: Evolution writes the server's local time with a `Z`
+//! (`channel.service.ts`), so outside UTC it is off by the zone's offset; a
+//! receipt without `datetime` is timed by its arrival. `status` is one of Baileys'
 //! `ERROR`, `PENDING`, `SERVER_ACK`, `DELIVERY_ACK`, `READ`, `PLAYED`
 //! (`src/utils/renderStatus.ts`), or the Cloud API's upper-cased `SENT`,
 //! `DELIVERED`, `READ`, `FAILED`. `DELIVERY_ACK`/`DELIVERED` mean delivered,
@@ -149,14 +152,9 @@ fn parse_evolution(body: &Value) -> Result<ParsedReceipts, FormatError> {
             ignored: entries.len().max(1),
         });
     }
-    let sent_at = body
-        .get("date_time")
-        .and_then(Value::as_str)
-        .and_then(|text| DateTime::parse_from_rfc3339(text).ok())
-        .map(|t| t.with_timezone(&Utc));
     let mut parsed = ParsedReceipts::default();
     for entry in entries {
-        match evolution_entry(entry, sent_at) {
+        match evolution_entry(entry) {
             Some(receipt) => parsed.receipts.push(receipt),
             None => parsed.ignored += 1,
         }
@@ -164,7 +162,7 @@ fn parse_evolution(body: &Value) -> Result<ParsedReceipts, FormatError> {
     Ok(parsed)
 }
 
-fn evolution_entry(data: &Value, envelope_at: Option<DateTime<Utc>>) -> Option<Receipt> {
+fn evolution_entry(data: &Value) -> Option<Receipt> {
     // Only our own messages have receipts; `fromMe: false` is an incoming one.
     if data.get("fromMe").and_then(Value::as_bool) == Some(false) {
         return None;
@@ -179,8 +177,7 @@ fn evolution_entry(data: &Value, envelope_at: Option<DateTime<Utc>>) -> Option<R
     let at = data
         .get("datetime")
         .and_then(Value::as_i64)
-        .and_then(DateTime::<Utc>::from_timestamp_millis)
-        .or(envelope_at);
+        .and_then(DateTime::<Utc>::from_timestamp_millis);
     let reason = (status == ReceiptStatus::Failed).then(|| "provider reported ERROR".to_owned());
     Some(Receipt {
         provider_message_id: id,
@@ -234,7 +231,7 @@ mod tests {
     }
 
     #[test]
-    fn evolution_2_webhooks_are_read_by_key_id_with_the_envelope_time() {
+    fn evolution_2_webhooks_are_read_by_key_id_and_timed_by_arrival() {
         let body = json!({
             "event": "messages.update", "instance": "main",
             "data": {"keyId": "3EB0A1", "remoteJid": "5511999999999@s.whatsapp.net", "fromMe": true,

@@ -108,8 +108,12 @@ pub async fn apply_receipts(
     }
     write_moves(&mut tx, &moved).await?;
     let bounced = bounce_recipients(&mut tx, &moved).await?;
-    add_to_counters(&mut tx, &applied.by_campaign, &bounced).await?;
+    // Counter tables in the order every ledger statement writes them (variant
+    // counts, reason counts, counter deltas; a `WITH` statement runs its
+    // unreferenced write steps last-defined first), so a receipt batch and a
+    // sender's mark never wait on each other in a cycle.
     add_to_variant_counters(&mut tx, &moved).await?;
+    add_to_counters(&mut tx, &applied.by_campaign, &bounced).await?;
     suppress_opt_outs(&mut tx, &opt_outs).await?;
     tx.commit().await?;
     applied.by_campaign.retain(|_, funnel| !funnel.is_empty());
