@@ -20,10 +20,18 @@ ALTER TABLE channels ADD COLUMN receipts_token text NOT NULL
 -- receipt rewrites this narrow row and touches `recipients` only for a bounce.
 --
 -- `state` only moves forward: sent -> delivered -> read, or sent -> bounced.
+--
+-- No foreign keys and no index but the key: a row is written for every message
+-- sent, inside the mark, and each foreign key would add a trigger per row that
+-- locks the campaign or channel row (`FOR KEY SHARE`, which the claims also
+-- take), and each index an insert. Measured on the throughput scenario: with
+-- them, every message carrying an id cost a third of the end-to-end rate
+-- (docs/BENCHMARKS.md). Nothing deletes what they would protect: only drafts
+-- (which have sent nothing) are deleted, and channels are deleted softly.
 CREATE TABLE provider_messages (
-    channel_id           uuid NOT NULL REFERENCES channels(id) ON DELETE CASCADE,
+    channel_id           uuid NOT NULL,
     provider_message_id  text NOT NULL,
-    campaign_id          uuid NOT NULL REFERENCES campaigns(id) ON DELETE CASCADE,
+    campaign_id          uuid NOT NULL,
     recipient_id         bigint NOT NULL,
     state                text NOT NULL DEFAULT 'sent'
         CHECK (state IN ('sent', 'delivered', 'read', 'bounced')),
@@ -32,7 +40,6 @@ CREATE TABLE provider_messages (
     bounced_at           timestamptz,
     PRIMARY KEY (channel_id, provider_message_id)
 );
-CREATE INDEX provider_messages_campaign ON provider_messages (campaign_id);
 
 -- The delivery funnel, counted like the ledger counters (sharded deltas):
 -- `delivered` counts messages delivered or read, `read` those read, `bounced`
