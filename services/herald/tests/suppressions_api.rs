@@ -247,6 +247,17 @@ async fn the_list_pages_in_address_order_with_a_cursor_and_filters_by_the_normal
     assert_eq!(found["items"][0]["address"], "+15550002", "{found}");
     let none = list(&stack, "?address=f%40example.com").await;
     assert_eq!(none, json!({"items": [], "next_cursor": null}));
+    // A forged cursor (`AA` decodes to a NUL) is a 422, not a database error.
+    for forged in ["AA", "%2F%2F%2F"] {
+        let (status, body) = stack
+            .call(
+                Method::GET,
+                &format!("/v1/suppressions?cursor={forged}"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 422, "{forged}: {body}");
+    }
     stack.stop().await;
 }
 

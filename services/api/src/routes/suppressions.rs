@@ -36,6 +36,9 @@ fn decode_cursor(cursor: &str) -> ApiResult<String> {
         .decode(cursor)
         .ok()
         .and_then(|raw| String::from_utf8(raw).ok())
+        // Every listed address is free of control characters (the normaliser
+        // refuses them); Postgres refuses a NUL outright.
+        .filter(|address| !address.chars().any(char::is_control))
         .ok_or_else(|| ApiError::validation("cursor is not valid"))
 }
 

@@ -111,7 +111,11 @@ fn herald_entry(entry: &Value) -> Result<Receipt, FormatError> {
     };
     let reason = match entry.get("reason") {
         None | Some(Value::Null) => None,
-        Some(Value::String(text)) => Some(text.chars().take(500).collect()),
+        // Control characters (a NUL above all, which Postgres refuses in text)
+        // are dropped: the reason is for people.
+        Some(Value::String(text)) => {
+            Some(text.chars().filter(|c| !c.is_control()).take(500).collect())
+        }
         Some(_) => return Err(invalid("`reason` must be a string")),
     };
     Ok(Receipt {
@@ -209,6 +213,11 @@ mod tests {
             parsed.receipts[1].reason.as_deref(),
             Some("number does not exist")
         );
+        let nul = parse_receipts(&json!({"receipts": [
+            {"provider_message_id": "m3", "status": "opted_out", "reason": "STOP\u{0}now"},
+        ]}))
+        .unwrap();
+        assert_eq!(nul.receipts[0].reason.as_deref(), Some("STOPnow"));
     }
 
     #[test]
@@ -244,10 +253,8 @@ mod tests {
         let receipt = &parsed.receipts[0];
         assert_eq!(receipt.provider_message_id, "3EB0A1");
         assert_eq!(receipt.status, ReceiptStatus::Delivered);
-        assert_eq!(
-            receipt.at.unwrap().to_rfc3339(),
-            "2026-11-30T12:00:00+00:00"
-        );
+        // `date_time` is Evolution's local time labelled UTC: not trusted.
+        assert_eq!(receipt.at, None);
     }
 
     #[test]
