@@ -55,7 +55,7 @@ impl BenchEnv {
         Ok(sqlx::postgres::PgPoolOptions::new()
             .max_connections(connections)
             .min_connections(connections)
-            .connect(&self.common.database_url)
+            .connect_with(herald_core::db::connect_options(&self.common.database_url)?)
             .await?)
     }
 

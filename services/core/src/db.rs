@@ -11,14 +11,38 @@ use crate::config::{CommonConfig, redact_url};
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
 
 /// Opens a pool lazily: the process starts even while Postgres is down, and every
-/// query fails fast (503 at the API) instead of hanging.
+/// query fails fast (503 at the API) instead of hanging. Connections run with
+/// [`connect_options`].
 pub fn pool(config: &CommonConfig) -> anyhow::Result<PgPool> {
-    PgPoolOptions::new()
+    Ok(PgPoolOptions::new()
         .max_connections(config.db_max_connections)
         .min_connections(0)
         .acquire_timeout(Duration::from_secs(3))
-        .connect_lazy(&config.database_url)
-        .with_context(|| format!("bad DATABASE_URL {}", redact_url(&config.database_url)))
+        .connect_lazy_with(connect_options(&config.database_url)?))
+}
+
+/// `DATABASE_URL` with the session settings every Herald connection uses:
+/// `jit = off`.
+///
+/// Why no JIT: Herald's statements are short OLTP statements over a handful of
+/// rows, which JIT compilation never pays back, and Postgres decides to compile
+/// on the planner's cost estimate, not on the rows a statement will touch. The
+/// sweep's `DELETE FROM recipient_leases ...` (in `herald-packer`) is estimated
+/// at about 870,000 cost units on a 200,000-recipient campaign (a correlated
+/// subquery per lease row) and was compiled with inlining and optimisation on
+/// every sweep: about 370 ms of Postgres CPU each time, for a statement that
+/// then ran in under 0.1 ms and deleted nothing (auto_explain's `JIT: Timing`,
+/// docs/BENCHMARKS.md). A setting in the URL (`?options=-c jit=on`) still wins.
+pub fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
+    let options = url
+        .parse::<PgConnectOptions>()
+        .with_context(|| format!("bad DATABASE_URL {}", redact_url(url)))?;
+    let from_url = options.get_options().unwrap_or_default().to_owned();
+    Ok(if from_url.contains("jit") {
+        options
+    } else {
+        options.options([("jit", "off")])
+    })
 }
 
 /// Creates the database if needed and applies the migrations. sqlx takes an
@@ -38,10 +62,7 @@ pub async fn migrate(config: &CommonConfig) -> anyhow::Result<()> {
     }
     // Every start re-runs `CREATE TABLE IF NOT EXISTS _sqlx_migrations`, whose
     // NOTICE ("relation ... already exists, skipping") sqlx would log at INFO.
-    let options = url
-        .parse::<PgConnectOptions>()
-        .with_context(|| format!("bad DATABASE_URL {}", redact_url(url)))?
-        .options([("client_min_messages", "warning")]);
+    let options = connect_options(url)?.options([("client_min_messages", "warning")]);
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .connect_with(options)
@@ -82,4 +103,18 @@ pub fn is_unavailable(error: &sqlx::Error) -> bool {
             | sqlx::Error::PoolClosed
             | sqlx::Error::WorkerCrashed
     ) || matches!(error, sqlx::Error::Database(db) if db.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_run_without_jit_unless_the_url_asks_for_it() {
+        let plain = connect_options("postgres://herald@localhost/herald").unwrap();
+        assert_eq!(plain.get_options(), Some("-c jit=off"));
+        let asked =
+            connect_options("postgres://herald@localhost/herald?options=-c%20jit%3Don").unwrap();
+        assert_eq!(asked.get_options(), Some("-c jit=on"));
+    }
 }
