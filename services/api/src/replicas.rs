@@ -53,13 +53,7 @@ impl ReplicaTable {
 
     /// Ends the listener once `shutdown` is cancelled.
     pub fn close_on(&self, shutdown: CancellationToken) {
-        let closed = self.inner.closed.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => closed.cancel(),
-                _ = closed.cancelled() => {}
-            }
-        });
+        herald_core::cancel_on(&self.inner.closed, shutdown);
     }
 
     fn record(inner: &Table, beat: PresenceBeat) {

@@ -40,3 +40,16 @@ pub mod transitions;
 pub mod work;
 
 pub use tokio_util::sync::CancellationToken;
+
+/// Cancels `target` once `trigger` is cancelled (a process's shutdown ending a
+/// component's own token). The forwarding task ends as soon as either token is
+/// cancelled, so it never outlives `target`. Needs a Tokio runtime.
+pub fn cancel_on(target: &CancellationToken, trigger: CancellationToken) {
+    let target = target.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = trigger.cancelled() => target.cancel(),
+            _ = target.cancelled() => {}
+        }
+    });
+}

@@ -161,13 +161,7 @@ impl ProgressHub {
 
     /// Calls [`ProgressHub::close`] once `shutdown` is cancelled.
     pub fn close_on(&self, shutdown: CancellationToken) {
-        let closed = self.inner.closed.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = shutdown.cancelled() => closed.cancel(),
-                _ = closed.cancelled() => {}
-            }
-        });
+        herald_core::cancel_on(&self.inner.closed, shutdown);
     }
 
     /// A receiver of `campaign`'s reads; starts its refresher if it is new.
