@@ -184,24 +184,34 @@ impl Runner<'_> {
             .map(|c| c.applied_at)
     }
 
-    async fn iteration(&mut self) -> anyhow::Result<Option<Sample>> {
+    /// A running campaign whose senders are busy again (the sink took another
+    /// in-flight budget of requests), at a random phase of the status TTL: the
+    /// moment a pause is sent. `None` when the campaign finished (or stuck)
+    /// before it got going again; the next iteration takes a fresh one.
+    pub(super) async fn busy_at_random_phase(&mut self) -> anyhow::Result<Option<Uuid>> {
         let id = self.ensure_running().await?;
-        let client = &self.stack.client;
         let base = self.sink.total();
         if !self
             .sink
             .wait_for_total(base + self.in_flight_budget, Duration::from_secs(30))
             .await
         {
-            // Finished (or stuck) before it got going again: take a fresh campaign.
             self.campaign = None;
-            self.series.discarded += 1;
             return Ok(None);
         }
         // A random phase of the TTL: the resume refreshed every cache, so a pause
         // right away would never meet a re-read in flight.
         let phase = rand::random_range(0..self.ttl.as_micros().max(1) as u64);
         tokio::time::sleep(Duration::from_micros(phase)).await;
+        Ok(Some(id))
+    }
+
+    async fn iteration(&mut self) -> anyhow::Result<Option<Sample>> {
+        let Some(id) = self.busy_at_random_phase().await? else {
+            self.series.discarded += 1;
+            return Ok(None);
+        };
+        let client = &self.stack.client;
         let requested_at = Utc::now();
         let asked = Instant::now();
         let (status, _) = client.transition(id, "pause").await?;

@@ -28,19 +28,10 @@ const ACK_TIMEOUT_MS: u64 = 2000;
 impl Runner<'_> {
     /// One acknowledged pause and its resume; `None` when the campaign ran out.
     pub(super) async fn acked_iteration(&mut self) -> anyhow::Result<Option<AckedSample>> {
-        let id = self.ensure_running().await?;
-        let client = &self.stack.client;
-        let base = self.sink.total();
-        if !self
-            .sink
-            .wait_for_total(base + self.in_flight_budget, Duration::from_secs(30))
-            .await
-        {
-            self.campaign = None;
+        let Some(id) = self.busy_at_random_phase().await? else {
             return Ok(None);
-        }
-        let phase = rand::random_range(0..self.ttl.as_micros().max(1) as u64);
-        tokio::time::sleep(Duration::from_micros(phase)).await;
+        };
+        let client = &self.stack.client;
         let asked = Instant::now();
         let action = format!("pause?wait=applied&timeout_ms={ACK_TIMEOUT_MS}");
         let (status, body) = client.transition(id, &action).await?;
