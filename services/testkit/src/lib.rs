@@ -7,18 +7,20 @@
 //! servers are never touched. The only double is the
 //! message provider ([`ProviderDouble`]), a real local HTTP server.
 
+mod api_client;
 pub mod cluster;
 mod fate;
 pub mod faults;
+mod nats_server;
 mod provider;
 
+pub use api_client::{ApiClient, call};
 pub use cluster::NatsCluster;
 pub use fate::assert_every_fate_accounted;
+pub use nats_server::{NatsServer, nats_server_binary};
 pub use provider::{ProviderDouble, RecordedRequest, Reply};
 
 use std::net::TcpListener as StdListener;
-use std::path::PathBuf;
-use std::process::{Child, Command};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -26,10 +28,9 @@ use herald_api::ApiConfig;
 use herald_core::CancellationToken;
 use herald_core::bus::Bus;
 use herald_core::config::CommonConfig;
-use herald_core::lifecycle::Status;
 use herald_packer::{Packer, PackerConfig};
 use herald_sender::{Sender, SenderConfig};
-use serde_json::{Value, json};
+use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -146,131 +147,6 @@ impl TestEnv {
             .execute(&admin)
             .await;
         }
-    }
-}
-
-/// A private nats-server with JetStream, on a free port, in a temp directory.
-/// One node of a [`NatsCluster`] is one of these with its cluster flags.
-#[derive(Debug)]
-pub struct NatsServer {
-    pub port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    binary: PathBuf,
-    /// Flags after the common ones (a cluster node's name and routes).
-    extra_args: Vec<String>,
-}
-
-/// The nats-server the tests run: `HERALD_TEST_NATS_SERVER`, else
-/// `/usr/sbin/nats-server`, else the one on `PATH`.
-pub fn nats_server_binary() -> PathBuf {
-    std::env::var("HERALD_TEST_NATS_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| {
-            let fallback = PathBuf::from("/usr/sbin/nats-server");
-            if fallback.exists() {
-                fallback
-            } else {
-                PathBuf::from("nats-server")
-            }
-        })
-}
-
-impl NatsServer {
-    pub async fn start() -> Self {
-        Self::start_with(nats_server_binary(), free_port(), Vec::new()).await
-    }
-
-    /// Starts `binary` on `port` with JetStream in a fresh temp directory, plus
-    /// `extra_args`, and returns once it accepts connections.
-    pub async fn start_with(binary: PathBuf, port: u16, extra_args: Vec<String>) -> Self {
-        let mut server = Self {
-            port,
-            dir: tempfile::Builder::new()
-                .prefix("herald-nats-")
-                .tempdir()
-                .expect("temp dir"),
-            child: None,
-            binary,
-            extra_args,
-        };
-        server.resume().await;
-        server
-    }
-
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.child.is_some()
-    }
-
-    /// The server's log (all its incarnations), for failure messages.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("nats.log")).unwrap_or_default()
-    }
-
-    /// Starts the server again on the same port and store.
-    pub async fn resume(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("nats.log"))
-            .expect("nats log file");
-        let err = log.try_clone().expect("log handle");
-        let child = Command::new(&self.binary)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.dir.path().join("store"))
-            .args(&self.extra_args)
-            .stdout(log)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "nats-server {} starts (is it on PATH?): {e}",
-                    self.binary.display()
-                )
-            });
-        self.child = Some(child);
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                // JetStream needs a moment after the port opens.
-                tokio::time::sleep(Duration::from_millis(150)).await;
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "nats-server did not start on port {}: {}",
-            self.port,
-            self.log()
-        );
-    }
-
-    /// Stops the server (SIGKILL) and waits for it to exit.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.stop();
     }
 }
 
@@ -412,14 +288,6 @@ impl std::ops::Deref for Stack {
     }
 }
 
-/// An HTTP client of the API with one tenant's token, and the calls tests make.
-#[derive(Debug, Clone)]
-pub struct ApiClient {
-    pub http: reqwest::Client,
-    pub base_url: String,
-    pub token: String,
-}
-
 impl Stack {
     /// An api plus the given worker replicas, on a fresh environment.
     pub async fn start(packers: usize, senders: usize, sender: SenderConfig) -> Self {
@@ -482,138 +350,6 @@ impl Stack {
         self.api.stop().await;
         self.env.cleanup().await;
     }
-}
-
-impl ApiClient {
-    pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base_url)
-    }
-
-    pub async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        call(&self.http, method, &self.url(path), &self.token, body).await
-    }
-
-    pub async fn create_campaign(&self, channel: Value) -> Uuid {
-        let (status, body) = self
-            .call(reqwest::Method::POST, "/v1/campaigns", Some(json!({
-                "name": "test campaign", "channel": channel, "template": {"body": "Hi {{ name }}"}
-            })))
-            .await;
-        assert_eq!(status, 201, "{body}");
-        body["id"].as_str().expect("id").parse().expect("uuid")
-    }
-
-    /// Imports `count` recipients `+1555000000<n>` with a name variable.
-    pub async fn import(&self, campaign: Uuid, count: usize) {
-        for chunk_start in (0..count).step_by(10_000) {
-            let recipients: Vec<Value> = (chunk_start..count.min(chunk_start + 10_000))
-                .map(|n| json!({"address": format!("+1555{n:08}"), "variables": {"name": format!("r{n}")}}))
-                .collect();
-            let (status, body) = self
-                .call(
-                    reqwest::Method::POST,
-                    &format!("/v1/campaigns/{campaign}/recipients"),
-                    Some(json!({"recipients": recipients})),
-                )
-                .await;
-            assert_eq!(status, 200, "{body}");
-        }
-    }
-
-    pub async fn transition(&self, campaign: Uuid, action: &str) -> (u16, Value) {
-        self.call(
-            reqwest::Method::POST,
-            &format!("/v1/campaigns/{campaign}/{action}"),
-            None,
-        )
-        .await
-    }
-
-    pub async fn campaign(&self, campaign: Uuid) -> Value {
-        let (status, body) = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/v1/campaigns/{campaign}"),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        body
-    }
-
-    /// Polls until the campaign has `status`, or panics after `timeout`.
-    pub async fn wait_for_status(
-        &self,
-        campaign: Uuid,
-        status: Status,
-        timeout: Duration,
-    ) -> Value {
-        self.wait_for_status_or(campaign, status, timeout, String::new)
-            .await
-    }
-
-    /// Like [`ApiClient::wait_for_status`], with `diagnostics` (for example process
-    /// logs) appended to the panic message.
-    pub async fn wait_for_status_or(
-        &self,
-        campaign: Uuid,
-        status: Status,
-        timeout: Duration,
-        diagnostics: impl Fn() -> String,
-    ) -> Value {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let body = self.campaign(campaign).await;
-            if body["status"] == status.as_str() {
-                return body;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                panic!(
-                    "campaign never reached {status} within {timeout:?}: {body}\n{}",
-                    diagnostics()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The event history, as the API returns it.
-    pub async fn events(&self, campaign: Uuid) -> Vec<Value> {
-        let (status, body) = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/v1/campaigns/{campaign}/events"),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        body["items"].as_array().expect("items").clone()
-    }
-}
-
-pub async fn call(
-    http: &reqwest::Client,
-    method: reqwest::Method,
-    url: &str,
-    token: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = http.request(method, url).bearer_auth(token);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("request sent");
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 pub async fn tenant_token(pool: &PgPool, tenant: &str) -> String {
