@@ -140,16 +140,7 @@ impl HeraldProcess {
         let err = log.try_clone().expect("log handle");
         let mut command = std::process::Command::new(&self.binary);
         command.args(&self.args);
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            if key.starts_with("HERALD_")
-                || key.starts_with("NATS_")
-                || key == "DATABASE_URL"
-                || key == "RUST_LOG"
-            {
-                command.env_remove(key.as_ref());
-            }
-        }
+        clear_inherited_settings(&mut command);
         command
             .envs(&self.env.vars)
             .stdin(Stdio::null())
@@ -293,16 +284,7 @@ impl HeraldEnv {
     pub fn run_to_completion(&self, binary: &Path, args: &[&str]) -> std::process::Output {
         let mut command = std::process::Command::new(binary);
         command.args(args);
-        for (key, _) in std::env::vars_os() {
-            let key = key.to_string_lossy();
-            if key.starts_with("HERALD_")
-                || key.starts_with("NATS_")
-                || key == "DATABASE_URL"
-                || key == "RUST_LOG"
-            {
-                command.env_remove(key.as_ref());
-            }
-        }
+        clear_inherited_settings(&mut command);
         let output = command
             .envs(&self.vars)
             .stdin(Stdio::null())
@@ -316,5 +298,21 @@ impl HeraldEnv {
             String::from_utf8_lossy(&output.stderr)
         );
         output
+    }
+}
+
+/// Removes every Herald setting the test process itself has from `command`'s
+/// environment (`HERALD_*`, `NATS_*`, `DATABASE_URL`, `RUST_LOG`), so a child
+/// runs with exactly the settings the test gives it.
+fn clear_inherited_settings(command: &mut std::process::Command) {
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("HERALD_")
+            || key.starts_with("NATS_")
+            || key == "DATABASE_URL"
+            || key == "RUST_LOG"
+        {
+            command.env_remove(key.as_ref());
+        }
     }
 }
