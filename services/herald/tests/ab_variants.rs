@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use herald_core::lifecycle::Status;
 use herald_sender::SenderConfig;
 use herald_testkit::*;
 use reqwest::Method;
@@ -116,9 +117,23 @@ async fn pick(stack: &Stack, id: Uuid, variant: &str) -> (u16, Value) {
 /// Waits until the paused campaign holds no row (every claimed row marked or
 /// released: no request can start any more), and returns the requests so far.
 async fn settled_paused(stack: &Stack, id: Uuid, provider: &ProviderDouble) -> usize {
-    let idle = |b: &Value| b["status"] == "paused" && b["counters"]["sending"] == 0;
-    wait_until(stack, id, Duration::from_secs(30), idle).await;
+    stack
+        .wait_for_status(id, Status::Paused, Duration::from_secs(30))
+        .await;
+    stack
+        .wait_until_nothing_sending(id, Duration::from_secs(30))
+        .await;
     provider.request_count()
+}
+
+/// Pauses the campaign, checks that the provider sees no request for 500 ms
+/// once it settled (`what` is the failure message), then resumes it.
+async fn pause_holds_then_resume(stack: &Stack, id: Uuid, provider: &ProviderDouble, what: &str) {
+    assert_eq!(stack.transition(id, "pause").await.0, 200);
+    let paused_at = settled_paused(stack, id, provider).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(provider.request_count(), paused_at, "{what}");
+    assert_eq!(stack.transition(id, "resume").await.0, 200);
 }
 
 fn slow_sender() -> SenderConfig {
@@ -296,15 +311,7 @@ async fn pause_and_resume_work_in_the_test_cohort_while_waiting_and_in_the_remai
         provider.request_count() >= 20
     })
     .await;
-    assert_eq!(stack.transition(id, "pause").await.0, 200);
-    let paused_at = settled_paused(&stack, id, &provider).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        provider.request_count(),
-        paused_at,
-        "a paused A/B test kept sending"
-    );
-    assert_eq!(stack.transition(id, "resume").await.0, 200);
+    pause_holds_then_resume(&stack, id, &provider, "a paused A/B test kept sending").await;
 
     // While waiting for the decision: pause, resume, and it waits again.
     wait_until(&stack, id, Duration::from_secs(60), waits_for_decision).await;
@@ -319,15 +326,7 @@ async fn pause_and_resume_work_in_the_test_cohort_while_waiting_and_in_the_remai
         provider.request_count() >= tested + 20
     })
     .await;
-    assert_eq!(stack.transition(id, "pause").await.0, 200);
-    let paused_at = settled_paused(&stack, id, &provider).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        provider.request_count(),
-        paused_at,
-        "a paused remainder kept sending"
-    );
-    assert_eq!(stack.transition(id, "resume").await.0, 200);
+    pause_holds_then_resume(&stack, id, &provider, "a paused remainder kept sending").await;
 
     stack
         .wait_for_status(

@@ -71,13 +71,9 @@ async fn a_provider_that_breaks_mid_campaign_costs_at_most_the_window_plus_the_r
         .wait_for_status(id, Status::Paused, Duration::from_secs(120))
         .await;
     // Let the requests in flight at the pause land.
-    let paused = loop {
-        let body = stack.campaign(id).await;
-        if body["counters"]["sending"] == 0 {
-            break body;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let paused = stack
+        .wait_until_nothing_sending(id, Duration::from_secs(30))
+        .await;
     let failed = paused["counters"]["failed"].as_i64().unwrap();
     let in_flight = (SENDERS * CONCURRENCY) as i64;
     assert!(

@@ -181,13 +181,9 @@ async fn a_retry_of_a_paused_campaign_reopens_the_rows_and_they_wait_for_resume(
     let (status, body) = stack.transition(id, "pause").await;
     assert_eq!(status, 200, "{body}");
     // Let the request in flight finish, so the counts hold still.
-    let paused = loop {
-        let body = stack.campaign(id).await;
-        if body["counters"]["sending"] == 0 {
-            break body;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let paused = stack
+        .wait_until_nothing_sending(id, Duration::from_secs(30))
+        .await;
     let failed = paused["counters"]["failed"].as_i64().unwrap();
     assert!(failed >= failed_at_pause);
     let pending = paused["counters"]["pending"].as_i64().unwrap();

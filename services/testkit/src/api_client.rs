@@ -112,6 +112,23 @@ impl ApiClient {
         }
     }
 
+    /// Polls until no recipient of the campaign is `sending` (the requests in
+    /// flight at a pause have landed, so the counts hold still) and returns that
+    /// read; panics after `timeout`.
+    pub async fn wait_until_nothing_sending(&self, campaign: Uuid, timeout: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let body = self.campaign(campaign).await;
+            if body["counters"]["sending"] == 0 {
+                return body;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("recipients still sending after {timeout:?}: {body}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The event history, as the API returns it.
     pub async fn events(&self, campaign: Uuid) -> Vec<Value> {
         let (status, body) = self
