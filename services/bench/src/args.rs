@@ -136,6 +136,11 @@ pub struct BenchArgs {
     )]
     pub nats_url: String,
 
+    /// Throughput runs: the sink ceiling and the end-to-end campaign are each
+    /// measured this many times, interleaved, and reported as medians.
+    #[arg(long, default_value_t = 3)]
+    pub throughput_runs: usize,
+
     /// Requests for the sink-alone baseline (at most --recipients).
     #[arg(long, default_value_t = 200_000)]
     pub sink_baseline_requests: u64,

@@ -143,6 +143,8 @@ fn the_harness_runs_every_scenario_at_a_tiny_scale_and_reports_every_figure() {
             "2000",
             "--ledger-baseline-rows",
             "2000",
+            "--throughput-runs",
+            "2",
         ])
         .arg("--json-out")
         .arg(&json_out)

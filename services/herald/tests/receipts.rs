@@ -278,3 +278,83 @@ async fn the_same_receipts_sent_concurrently_count_once() {
     );
     stack.stop().await;
 }
+
+/// The rows of campaign `id` that a message id is recorded for, for receipts.
+async fn receipts_owners(pool: &PgPool, campaign: Uuid, message: &str) -> Vec<i64> {
+    sqlx::query_scalar(
+        "SELECT recipient_id FROM provider_messages
+         WHERE campaign_id = $1 AND provider_message_id = $2",
+    )
+    .bind(campaign)
+    .bind(message)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_message_id_the_provider_repeats_marks_every_recipient_sent_and_stays_with_its_first() {
+    use herald_sender::ledger::{RecipientOutcome, claim_batch, mark_outcomes};
+
+    let provider = ProviderDouble::start(Duration::ZERO).await;
+    let stack = Stack::start(0, 0, test_sender_config()).await;
+    let pool = stack.env.pool();
+    let id = stack.create_campaign(provider.webhook_channel()).await;
+    stack.import(id, 4).await;
+    assert_eq!(stack.transition(id, "start").await.0, 200);
+    let batch = herald_core::contracts::SendBatch {
+        campaign_id: id,
+        run_epoch: 1,
+        first_recipient_id: 0,
+        last_recipient_id: i64::MAX,
+        recipient_count: 4,
+        correlation_id: Uuid::new_v4(),
+    };
+    let token = Uuid::new_v4();
+    let rows = claim_batch(&pool, &batch, token, 30.0, i64::MAX)
+        .await
+        .unwrap()
+        .rows;
+    let r: Vec<i64> = rows.iter().map(|row| row.id).collect();
+    let sent = |row: i64, message: &str| RecipientOutcome::sent(row, Some(message.into()), 1);
+
+    // A fresh id, then one id twice within a write, then that id again in a
+    // later write: every row is written each time.
+    assert_eq!(
+        mark_outcomes(&pool, id, token, &[sent(r[0], "fresh")])
+            .await
+            .unwrap(),
+        1
+    );
+    let twice = [sent(r[1], "again"), sent(r[2], "again")];
+    assert_eq!(mark_outcomes(&pool, id, token, &twice).await.unwrap(), 2);
+    let owner = receipts_owners(&pool, id, "again").await;
+    assert_eq!(owner.len(), 1, "one receipts key per message id");
+    assert!(owner[0] == r[1] || owner[0] == r[2], "{owner:?}");
+    assert_eq!(
+        mark_outcomes(&pool, id, token, &[sent(r[3], "again")])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(receipts_owners(&pool, id, "again").await, owner);
+    assert_eq!(receipts_owners(&pool, id, "fresh").await, vec![r[0]]);
+    let sent_rows: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM recipients WHERE campaign_id = $1 AND status = 'sent'",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(sent_rows, 4);
+
+    // A receipt for the repeated id counts once, for the recipient it stayed with.
+    let url = stack.campaign(id).await["receipts_url"]
+        .as_str()
+        .expect("receipts_url")
+        .to_owned();
+    let body = json!({"receipts": [receipt("again", "delivered")]});
+    assert_eq!(post(&url, body).await.1["matched"], 1);
+    assert_eq!(stack.campaign(id).await["funnel"]["delivered"], 1);
+    stack.stop().await;
+}
