@@ -37,11 +37,19 @@ pub fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
     let options = url
         .parse::<PgConnectOptions>()
         .with_context(|| format!("bad DATABASE_URL {}", redact_url(url)))?;
-    let from_url = options.get_options().unwrap_or_default().to_owned();
-    Ok(if from_url.contains("jit") {
+    Ok(if sets_jit(options.get_options().unwrap_or_default()) {
         options
     } else {
         options.options([("jit", "off")])
+    })
+}
+
+/// Whether libpq-style `options` (`-c name=value` or `--name=value`, space
+/// separated) set `jit` itself; `jit_above_cost` and its kin do not count.
+fn sets_jit(options: &str) -> bool {
+    options.split_whitespace().any(|token| {
+        let setting = token.strip_prefix("-c").unwrap_or(token);
+        setting.trim_start_matches('-').starts_with("jit=")
     })
 }
 
@@ -116,5 +124,14 @@ mod tests {
         let asked =
             connect_options("postgres://herald@localhost/herald?options=-c%20jit%3Don").unwrap();
         assert_eq!(asked.get_options(), Some("-c jit=on"));
+        let long = connect_options("postgres://h@localhost/h?options=--jit%3Don").unwrap();
+        assert_eq!(long.get_options(), Some("--jit=on"));
+        let other =
+            connect_options("postgres://h@localhost/h?options=-c%20jit_above_cost%3D10").unwrap();
+        assert_eq!(
+            other.get_options(),
+            Some("-c jit_above_cost=10 -c jit=off"),
+            "a jit_* cost setting leaves JIT off"
+        );
     }
 }
