@@ -138,7 +138,8 @@ pub struct BenchArgs {
 
     /// Throughput runs: the sink ceiling and the end-to-end campaign are each
     /// measured this many times, interleaved, and reported as medians.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub throughput_runs: usize,
 
     /// Requests for the sink-alone baseline (at most --recipients).

@@ -49,7 +49,9 @@ pub fn connect_options(url: &str) -> anyhow::Result<PgConnectOptions> {
 fn sets_jit(options: &str) -> bool {
     options.split_whitespace().any(|token| {
         let setting = token.strip_prefix("-c").unwrap_or(token);
-        setting.trim_start_matches('-').starts_with("jit=")
+        // Setting names are case-insensitive in Postgres.
+        let name = setting.trim_start_matches('-').split('=').next();
+        setting.contains('=') && name.is_some_and(|name| name.eq_ignore_ascii_case("jit"))
     })
 }
 
@@ -126,6 +128,8 @@ mod tests {
         assert_eq!(asked.get_options(), Some("-c jit=on"));
         let long = connect_options("postgres://h@localhost/h?options=--jit%3Don").unwrap();
         assert_eq!(long.get_options(), Some("--jit=on"));
+        let shouting = connect_options("postgres://h@localhost/h?options=-c%20JIT%3Don").unwrap();
+        assert_eq!(shouting.get_options(), Some("-c JIT=on"));
         let other =
             connect_options("postgres://h@localhost/h?options=-c%20jit_above_cost%3D10").unwrap();
         assert_eq!(

@@ -279,7 +279,7 @@ async fn the_same_receipts_sent_concurrently_count_once() {
     stack.stop().await;
 }
 
-/// The rows of campaign `id` that a message id is recorded for, for receipts.
+/// The recipients of `campaign` that a message id is recorded for, for receipts.
 async fn receipts_owners(pool: &PgPool, campaign: Uuid, message: &str) -> Vec<i64> {
     sqlx::query_scalar(
         "SELECT recipient_id FROM provider_messages
@@ -347,6 +347,7 @@ async fn a_message_id_the_provider_repeats_marks_every_recipient_sent_and_stays_
     .await
     .unwrap();
     assert_eq!(sent_rows, 4);
+    assert_eq!(stack.campaign(id).await["counters"]["sent"], 4);
 
     // A receipt for the repeated id counts once, for the recipient it stayed with.
     let url = stack.campaign(id).await["receipts_url"]

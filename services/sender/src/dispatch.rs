@@ -128,9 +128,22 @@ fn provider_message_id(body: &serde_json::Value) -> Option<String> {
                 .or_else(|| v.as_i64().map(|n| n.to_string()))
         })
         .map(|mut id| {
-            id.truncate(256);
+            id.truncate(floor_char_boundary(&id, MAX_MESSAGE_ID_BYTES));
             id
         })
+}
+
+/// The longest provider message id kept, in bytes; longer ones are cut.
+const MAX_MESSAGE_ID_BYTES: usize = 256;
+
+/// The largest index at most `at` that falls between two characters of `text`,
+/// so cutting there never splits a multi-byte character (`String::truncate`
+/// panics if it would).
+fn floor_char_boundary(text: &str, at: usize) -> usize {
+    (0..=at.min(text.len()))
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0)
 }
 
 fn sign(secret: &str, body: &[u8]) -> String {
@@ -308,5 +321,16 @@ mod tests {
             Some("wa1".into())
         );
         assert_eq!(provider_message_id(&serde_json::json!({"ok": true})), None);
+    }
+
+    #[test]
+    fn a_long_message_id_is_cut_at_256_bytes_without_splitting_a_character() {
+        // 255 ASCII bytes and then a 2-byte character across the 256th byte.
+        let long = format!("{}é tail", "a".repeat(255));
+        let cut = provider_message_id(&serde_json::json!({ "id": long })).unwrap();
+        assert_eq!(cut, "a".repeat(255));
+        let ascii = "b".repeat(300);
+        let cut = provider_message_id(&serde_json::json!({ "id": ascii })).unwrap();
+        assert_eq!(cut.len(), 256);
     }
 }

@@ -165,7 +165,9 @@ pub async fn ledger_alone(
                 }
                 let outcomes: Vec<RecipientOutcome> = claimed
                     .iter()
-                    .map(|r| RecipientOutcome::sent(r.id, None, 1))
+                    // With a message id, as the sink answers end to end: the
+                    // mark then also writes the receipts key.
+                    .map(|r| RecipientOutcome::sent(r.id, Some(format!("m{:x}", r.id)), 1))
                     .collect();
                 let written = ledger::mark_outcomes(&pool, campaign, token, &outcomes).await?;
                 ledger::finish_lease(&pool, campaign, token).await?;

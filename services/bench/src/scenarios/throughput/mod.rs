@@ -6,8 +6,9 @@
 //!   concurrency as the senders (`senders x concurrency`): what the provider side
 //!   of this machine can take;
 //! - (b) the ledger alone: `claim_batch` + `mark_outcomes` + `finish_lease` at the
-//!   same batch size on a prepared campaign, with one connection and with one
-//!   connection per batch in flight (`senders x batches`): what Postgres can take.
+//!   same batch size on a prepared campaign, every row sent with a message id (as
+//!   the sink answers), with one connection and with one connection per batch in
+//!   flight (`senders x batches`): what Postgres can take.
 //!
 //! End to end is reported as a percentage of the slower of the two.
 //!
@@ -60,6 +61,7 @@ struct Runs {
     duplicates: u64,
 }
 
+/// The median; of an even count, the lower of the two middle values.
 fn median(samples: &[f64]) -> f64 {
     percentile(samples, 50.0)
 }
@@ -71,7 +73,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<ScenarioReport> {
     senders.sort_unstable();
     senders.dedup();
     senders.retain(|s| *s > 0);
-    let rounds = args.throughput_runs.max(1);
+    let rounds = args.throughput_runs;
     let mut report = ScenarioReport::new(
         "throughput",
         json!({
