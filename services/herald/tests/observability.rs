@@ -20,7 +20,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use herald_core::lifecycle::Status;
-use herald_testkit::faults::{HeraldEnv, HeraldProcess, wait_until};
+use herald_testkit::faults::{HeraldEnv, HeraldProcess, wait_for_control_durables, wait_until};
 use herald_testkit::*;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -500,21 +500,8 @@ async fn info_logs_never_contain_tokens_addresses_bodies_or_webhook_secrets_and_
     let bus = herald_core::bus::Bus::connect(&common, "observability-test")
         .await
         .expect("test nats client");
-    wait_until(
-        "the control consumers of herald all",
-        Duration::from_secs(30),
-        || async {
-            let stream = bus.js.get_stream(&bus.streams.control).await.ok()?;
-            for name in ["ctl_packer_obs-packer", "ctl_sender_obs-sender"] {
-                stream
-                    .get_consumer::<async_nats::jetstream::consumer::pull::Config>(name)
-                    .await
-                    .ok()?;
-            }
-            Some(())
-        },
-    )
-    .await;
+    let durables = ["ctl_packer_obs-packer", "ctl_sender_obs-sender"].map(String::from);
+    wait_for_control_durables(&bus, &durables).await;
 
     let call = |method: Method, path: String, body: Option<Value>| {
         let (http, base, token) = (http.clone(), base.clone(), token.clone());
