@@ -421,30 +421,6 @@ fn span_named<'a>(line: &'a Value, name: &str) -> Option<&'a Value> {
         .find(|span| span["name"] == name)
 }
 
-async fn api_call(
-    http: &reqwest::Client,
-    base: &str,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = http
-        .request(method, format!("{base}{path}"))
-        .bearer_auth(token)
-        .header("x-correlation-id", CORRELATION);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("request sent");
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn info_logs_never_contain_tokens_addresses_bodies_or_webhook_secrets_and_every_request_and_message_line_carries_the_campaign_and_correlation_ids()
  {
@@ -503,9 +479,22 @@ async fn info_logs_never_contain_tokens_addresses_bodies_or_webhook_secrets_and_
     let durables = ["ctl_packer_obs-packer", "ctl_sender_obs-sender"].map(String::from);
     wait_for_control_durables(&bus, &durables).await;
 
+    // The API calls carry the correlation id; the readiness probes above do not.
+    let traced = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .default_headers(
+            [(
+                reqwest::header::HeaderName::from_static("x-correlation-id"),
+                reqwest::header::HeaderValue::from_static(CORRELATION),
+            )]
+            .into_iter()
+            .collect(),
+        )
+        .build()
+        .expect("http client");
     let call = |method: Method, path: String, body: Option<Value>| {
-        let (http, base, token) = (http.clone(), base.clone(), token.clone());
-        async move { api_call(&http, &base, &token, method, &path, body).await }
+        let (http, url, token) = (traced.clone(), format!("{base}{path}"), token.clone());
+        async move { herald_testkit::call(&http, method, &url, &token, body).await }
     };
     let (status, created) = call(
         Method::POST,
