@@ -77,6 +77,23 @@ impl ControlListenerConfig {
     }
 }
 
+/// The stream sequence up to which a (re)attached control consumer has nothing
+/// left to apply: every message up to it was applied, or came before the
+/// consumer existed.
+///
+/// That is the ack floor while acks are pending. With none pending, it is the
+/// last delivered stream sequence: a new consumer starts there (`DeliverPolicy::New`,
+/// or after `last_seen`) with an ack floor of 0 (nats-server 2.9 reports it so),
+/// which read alone made every new replica show a `control_lag` of the whole
+/// stream in `GET /v1/replicas` until the next control message.
+fn applied_floor(ack_floor: u64, delivered: u64, ack_pending: usize) -> u64 {
+    if ack_pending == 0 {
+        ack_floor.max(delivered)
+    } else {
+        ack_floor
+    }
+}
+
 /// Looks up this replica's durable, or creates it: at the next message when new,
 /// after `last_seen` when it was lost.
 async fn control_consumer(
@@ -178,10 +195,12 @@ pub async fn run_control_listener<F>(
     'lookup: while !shutdown.is_cancelled() {
         let consumer = match control_consumer(&listener.bus, &config, listener.last_seen).await {
             Ok(consumer) => {
-                // Everything up to the ack floor was applied, or came before
-                // this replica's consumer existed.
-                let floor = consumer.cached_info().ack_floor.stream_sequence;
-                listener.progress.attached(floor);
+                let info = consumer.cached_info();
+                listener.progress.attached(applied_floor(
+                    info.ack_floor.stream_sequence,
+                    info.delivered.stream_sequence,
+                    info.num_ack_pending,
+                ));
                 consumer
             }
             Err(error) => {
@@ -318,5 +337,20 @@ impl<F: Fn(ControlSignal) + Send + Sync> Listener<F> {
                 let _ = message.ack_with(AckKind::Term).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::applied_floor;
+
+    #[test]
+    fn a_new_consumer_counts_what_came_before_it_as_applied() {
+        assert_eq!(applied_floor(0, 7, 0), 7);
+    }
+
+    #[test]
+    fn a_consumer_with_unacked_messages_counts_only_up_to_its_ack_floor() {
+        assert_eq!(applied_floor(5, 7, 2), 5);
     }
 }

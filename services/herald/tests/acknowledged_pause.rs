@@ -11,7 +11,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use herald_sender::SenderConfig;
+use herald_core::CancellationToken;
+use herald_sender::{Sender, SenderConfig};
 use herald_testkit::faults::{HeraldProcess, ProcessStack, wait_until};
 use herald_testkit::{ApiClient, NatsServer, ProviderDouble, Stack, test_sender_config};
 use reqwest::Method;
@@ -113,6 +114,57 @@ async fn an_acknowledged_pause_lists_every_live_replica_as_applied_and_none_miss
     let (status, body) = stack.transition(id, "pause").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.get("acks").is_none(), "{body}");
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_that_joins_after_control_messages_reports_no_control_lag_before_the_next_one() {
+    let provider = ProviderDouble::start(Duration::from_millis(20)).await;
+    let stack = Stack::start(1, 1, test_sender_config()).await;
+    wait_for_replicas(&stack, &expected(1, 1)).await;
+    let id = sending_campaign(&stack, &provider, 500).await;
+    assert_eq!(stack.transition(id, "pause").await.0, 200);
+    // The pause is on the control stream before the late replica exists.
+    wait_until(
+        "the running replicas to apply the pause",
+        Duration::from_secs(10),
+        || async {
+            let (_, body) = stack.call(Method::GET, "/v1/replicas", None).await;
+            let items = body["items"].as_array()?.clone();
+            let caught_up = body["control_last_seq"].as_u64()? > 0
+                && items.iter().all(|r| r["control_lag"] == 0);
+            caught_up.then_some(())
+        },
+    )
+    .await;
+
+    let late = Sender::connect(&stack.env.replica("sender-late"), test_sender_config())
+        .await
+        .expect("the late sender connects");
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(late.run(shutdown.clone()));
+    let (listed, last) = wait_until(
+        "the late replica to report its control progress",
+        Duration::from_secs(30),
+        || async {
+            let (_, body) = stack.call(Method::GET, "/v1/replicas", None).await;
+            let listed = body["items"]
+                .as_array()?
+                .iter()
+                .find(|r| r["replica_id"] == "sender-late")?
+                .clone();
+            listed["control_applied_seq"]
+                .is_u64()
+                .then(|| (listed, body["control_last_seq"].clone()))
+        },
+    )
+    .await;
+    // No control message has been published since it joined: nothing to apply.
+    assert_eq!(listed["control_lag"], 0, "{listed}");
+    assert_eq!(listed["control_applied_seq"], last, "{listed}");
+
+    shutdown.cancel();
+    let _ = running.await;
     stack.stop().await;
 }
 
