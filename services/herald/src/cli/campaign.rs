@@ -395,7 +395,7 @@ fn print_campaign(campaign: &Value, json: bool) {
     let mut about = table();
     let rate = match &campaign["rate_limit_per_second"] {
         Value::Null => "unlimited".to_owned(),
-        rate => format!("{rate}/s per sender"),
+        rate => format!("{rate}/s across all senders"),
     };
     for (key, value) in [
         ("id", cell(&campaign["id"])),
