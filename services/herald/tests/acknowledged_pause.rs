@@ -55,6 +55,24 @@ async fn wait_for_replicas(client: &ApiClient, want: &BTreeSet<(String, String)>
     .await
 }
 
+/// Waits until `GET /v1/replicas` lists `count` replicas, every one with no
+/// control lag behind a control stream that holds at least one message.
+async fn wait_for_no_control_lag(client: &ApiClient, count: usize) {
+    wait_until(
+        "every replica to report no control lag",
+        Duration::from_secs(10),
+        || async {
+            let (_, body) = client.call(Method::GET, "/v1/replicas", None).await;
+            let items = body["items"].as_array()?.clone();
+            let caught_up = items.len() == count
+                && body["control_last_seq"].as_u64()? > 0
+                && items.iter().all(|r| r["control_lag"] == 0);
+            caught_up.then_some(())
+        },
+    )
+    .await;
+}
+
 /// A sending campaign of `count` recipients on `provider`, with requests in flight.
 async fn sending_campaign(client: &ApiClient, provider: &ProviderDouble, count: usize) -> Uuid {
     let id = client.create_campaign(provider.webhook_channel()).await;
@@ -98,16 +116,7 @@ async fn an_acknowledged_pause_lists_every_live_replica_as_applied_and_none_miss
     }
 
     // Each replica announces the pause it applied: no control lag left.
-    wait_until(
-        "every replica to report no control lag",
-        Duration::from_secs(10),
-        || async {
-            let (_, body) = stack.call(Method::GET, "/v1/replicas", None).await;
-            let items = body["items"].as_array()?.clone();
-            (items.len() == 5 && items.iter().all(|r| r["control_lag"] == 0)).then_some(())
-        },
-    )
-    .await;
+    wait_for_no_control_lag(&stack, 5).await;
 
     // Without `wait`, the answer is the plain campaign, as before.
     assert_eq!(stack.transition(id, "resume").await.0, 200);
@@ -125,18 +134,7 @@ async fn a_replica_that_joins_after_control_messages_reports_no_control_lag_befo
     let id = sending_campaign(&stack, &provider, 500).await;
     assert_eq!(stack.transition(id, "pause").await.0, 200);
     // The pause is on the control stream before the late replica exists.
-    wait_until(
-        "the running replicas to apply the pause",
-        Duration::from_secs(10),
-        || async {
-            let (_, body) = stack.call(Method::GET, "/v1/replicas", None).await;
-            let items = body["items"].as_array()?.clone();
-            let caught_up = body["control_last_seq"].as_u64()? > 0
-                && items.iter().all(|r| r["control_lag"] == 0);
-            caught_up.then_some(())
-        },
-    )
-    .await;
+    wait_for_no_control_lag(&stack, 2).await;
 
     let late = Sender::connect(&stack.env.replica("sender-late"), test_sender_config())
         .await
