@@ -83,11 +83,13 @@ pub struct ControlProgress {
 }
 
 impl ControlProgress {
-    /// The control consumer was (re)attached: everything up to its ack floor
-    /// was applied (or predates this replica's consumer).
-    pub fn attached(&self, ack_floor: u64) {
+    /// The control consumer was (re)attached: everything up to stream sequence
+    /// `floor` was applied or predates this replica's consumer (the ack floor,
+    /// or the last delivered sequence when no ack is pending; see
+    /// `control::applied_floor`).
+    pub fn attached(&self, floor: u64) {
         let mut state = self.state.lock().expect("progress lock");
-        state.0 = Some(state.0.map_or(ack_floor, |s| s.max(ack_floor)));
+        state.0 = Some(state.0.map_or(floor, |s| s.max(floor)));
     }
 
     /// A control message at stream sequence `seq` was applied just now.
