@@ -14,6 +14,7 @@
 //! the other campaigns' batches run while a throttled or out-of-window one is
 //! handed back ([`StepOutcome::Defer`]).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -26,6 +27,7 @@ use uuid::Uuid;
 
 use crate::budget::{self, WaitReason};
 use crate::deliver::Dispatched;
+use crate::lease::Lease;
 use crate::ledger::{self, Claimed, ClaimedRecipient};
 use crate::plan::CampaignPlan;
 use crate::{LogFailure as _, Sender};
@@ -138,12 +140,13 @@ impl Sender {
             return self.defer(campaign, reason, until).await;
         }
         let lease_token = Uuid::new_v4();
-        let lease = self.inner.config.lease_seconds;
+        let seconds = self.inner.config.lease_seconds;
         let limit = slice.tokens.len() as i64;
+        let claim_started = Instant::now();
         let Some(Claimed {
             rows: claimed,
             suppressed,
-        }) = ledger::claim_batch(&self.inner.pool, &batch, lease_token, lease, limit)
+        }) = ledger::claim_batch(&self.inner.pool, &batch, lease_token, seconds, limit)
             .await
             .log_failure(campaign, "claim failed")
         else {
@@ -154,6 +157,7 @@ impl Sender {
                 .nothing_claimed(&batch, &plan, suppressed, lease_token)
                 .await;
         }
+        let lease = Arc::new(Lease::claimed(lease_token, seconds, claim_started));
         // Suppressed rows the claim skipped used up tokens of the slice too.
         let taken = claimed.len() + usize::try_from(suppressed).unwrap_or(0);
         if taken >= slice.tokens.len() && plan.budgeted {
@@ -165,7 +169,7 @@ impl Sender {
             let (sender, batch) = (self.clone(), batch.clone());
             self.inner.detached.spawn(async move {
                 sender
-                    .send_claimed(&batch, &plan, claimed, slice.tokens, lease_token, None)
+                    .send_claimed(&batch, &plan, claimed, slice.tokens, lease, None)
                     .await;
             });
             return match slice.wait {
@@ -181,7 +185,7 @@ impl Sender {
                 &plan,
                 claimed,
                 slice.tokens,
-                lease_token,
+                lease,
                 delivery.as_ref(),
             )
             .await;
@@ -237,15 +241,15 @@ impl Sender {
     async fn send_claimed(
         &self,
         batch: &SendBatch,
-        plan: &std::sync::Arc<CampaignPlan>,
+        plan: &Arc<CampaignPlan>,
         claimed: Vec<ClaimedRecipient>,
         tokens: Vec<Option<Instant>>,
-        lease_token: Uuid,
+        lease: Arc<Lease>,
         delivery: Option<&Delivery>,
     ) -> Option<StepOutcome> {
-        let campaign = batch.campaign_id;
+        let (campaign, lease_token) = (batch.campaign_id, lease.token());
         let claimed_count = claimed.len() as i64;
-        let heartbeat = self.spawn_heartbeat(campaign, lease_token, &claimed, delivery.cloned());
+        let heartbeat = self.spawn_heartbeat(campaign, lease.clone(), &claimed, delivery.cloned());
         // Outcomes are written as they complete, with those of the replica's other
         // batches (see `recorder`), not once at the end of the batch. A `kill -9`
         // then repeats at the provider only the requests in flight at that
@@ -256,10 +260,11 @@ impl Sender {
         let dispatching = async {
             futures::stream::iter(claimed.into_iter().zip(tokens))
                 .map(|(recipient, token)| {
-                    let plan = plan.clone();
+                    let (plan, lease) = (plan.clone(), &lease);
                     async move {
                         let _slot = self.inner.dispatch_slots.acquire().await;
-                        self.dispatch_one(campaign, &plan, recipient, token).await
+                        self.dispatch_one(campaign, &plan, lease, recipient, token)
+                            .await
                     }
                 })
                 .buffer_unordered(self.inner.config.concurrency.max(1))
@@ -302,33 +307,6 @@ impl Sender {
         .await;
         self.end_lease(batch, lease_token, claimed_count).await;
         None
-    }
-
-    /// Keeps the message and the leases alive while the rows are worked on.
-    fn spawn_heartbeat(
-        &self,
-        campaign: Uuid,
-        lease_token: Uuid,
-        claimed: &[ClaimedRecipient],
-        delivery: Option<Delivery>,
-    ) -> tokio::task::JoinHandle<()> {
-        let (sender, ids) = (
-            self.clone(),
-            claimed.iter().map(|r| r.id).collect::<Vec<_>>(),
-        );
-        let lease = self.inner.config.lease_seconds;
-        tokio::spawn(async move {
-            let every = Duration::from_secs_f64((lease / 3.0).max(0.5));
-            loop {
-                tokio::time::sleep(every).await;
-                if let Some(d) = &delivery {
-                    d.in_progress().await;
-                }
-                let _ =
-                    ledger::renew_leases(&sender.inner.pool, campaign, lease_token, &ids, lease)
-                        .await;
-            }
-        })
     }
 
     /// Every claimed row is marked or released by now, so the lease row goes.

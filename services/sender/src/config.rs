@@ -13,8 +13,10 @@ pub struct SenderConfig {
     #[arg(long, env = "HERALD_SENDER_BATCHES", default_value_t = 4)]
     pub batches_in_flight: usize,
 
-    /// Lease on claimed recipients, in seconds; renewed while a batch works. After a
-    /// crash, another replica takes the rows over once it expires.
+    /// Lease on claimed recipients, in seconds; renewed every third of it while
+    /// a batch works. After a crash, another replica takes the rows over once it
+    /// expires; a sender whose renewals stall starts no request for them after
+    /// two thirds of it (`crate::lease`).
     #[arg(long, env = "HERALD_LEASE_SECONDS", default_value_t = 30.0)]
     pub lease_seconds: f64,
 

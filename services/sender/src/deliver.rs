@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::budget;
 use crate::dispatch::{Attempt, OutboundMessage, RetryPolicy};
+use crate::lease::Lease;
 use crate::ledger::{ClaimedRecipient, RecipientOutcome, Unsent};
 use crate::plan::CampaignPlan;
 use crate::{LogFailure as _, Sender};
@@ -148,6 +149,7 @@ impl Sender {
         &self,
         campaign: Uuid,
         plan: &CampaignPlan,
+        lease: &Lease,
         recipient: ClaimedRecipient,
         token: Option<Instant>,
     ) -> Dispatched {
@@ -206,6 +208,11 @@ impl Sender {
                 let _in_flight = self.inner.in_flight.enter(campaign);
                 // The check that makes pause immediate: right before each request.
                 if !self.sendable(campaign).await {
+                    return unsent(id, attempts, last_error);
+                }
+                // Past the lease's deadline another replica may own the row.
+                if !lease.held() {
+                    lease.refuse_request(campaign);
                     return unsent(id, attempts, last_error);
                 }
                 attempts += 1;

@@ -6,7 +6,8 @@
 //! [`batch`] (the step, top to bottom), [`deliver`] (one recipient: start time,
 //! status check, retries), [`budget`] (the Postgres-held GCRA), [`plan`] (what a
 //! campaign sends with), [`status_cache`] (checked before every single
-//! dispatch), [`ledger`] and [`recorder`] (claims and outcomes), [`waits`] (why a
+//! dispatch), [`ledger`] and [`recorder`] (claims and outcomes), [`lease`] (when a
+//! claim's rows must no longer be sent), [`waits`] (why a
 //! campaign is not moving), [`dispatch`] (the providers), [`in_flight`] and
 //! `control_ack` (what a control ack reports), `auto_pause` (pausing a
 //! campaign whose failure rate is over its limit).
@@ -19,6 +20,7 @@ mod control_ack;
 pub mod deliver;
 pub mod dispatch;
 pub mod in_flight;
+pub mod lease;
 pub mod ledger;
 pub mod plan;
 pub mod recorder;

@@ -142,6 +142,11 @@ pub async fn release_claims(
 
 /// Extends this batch's leases while it is still working on them: the rows'
 /// own expiry (what a claim checks) and the lease row (what the sweep checks).
+///
+/// Only rows whose lease has not yet expired are renewed: a claim may already
+/// have taken over an expired row, and the rows of one lease share one expiry,
+/// so the renewal extends every row still held or none (`crate::lease` builds
+/// its deadline on that). Returns the number of rows renewed.
 pub async fn renew_leases(
     pool: &PgPool,
     campaign_id: Uuid,
@@ -155,7 +160,8 @@ pub async fn renew_leases(
              WHERE lease_token = $3
          )
          UPDATE recipients SET lease_expires_at = now() + make_interval(secs => $4)
-         WHERE campaign_id = $1 AND id = ANY($2) AND lease_token = $3 AND status = 'sending'",
+         WHERE campaign_id = $1 AND id = ANY($2) AND lease_token = $3 AND status = 'sending'
+           AND lease_expires_at > now()",
     )
     .bind(campaign_id)
     .bind(ids)
