@@ -9,8 +9,8 @@
 //! readable through `/v1/channels`, never usable by another campaign.
 //!
 //! Deleting is soft (`deleted_at`): campaigns that sent through a channel keep
-//! referencing it. Every read here skips deleted rows; the public reads also
-//! skip private ones.
+//! referencing it, but none may start, schedule or retry on it any more. Every
+//! read here skips deleted rows; the public reads also skip private ones.
 
 use chrono::{DateTime, Utc};
 use sqlx::{PgExecutor, Postgres, Transaction};
@@ -223,21 +223,36 @@ pub async fn update_channel(
     .await
 }
 
-/// How many campaigns send through channel `id` right now (status `sending` or
-/// `paused`): a channel they use cannot be deleted. Every campaign on the
-/// channel is locked until the transaction ends, so a start that races the
-/// delete is either counted here or waits for it.
+/// How many campaigns send through channel `id` now or will without anyone
+/// acting (status `sending`, `paused` or `scheduled`): a channel they use
+/// cannot be deleted. Every campaign on the channel is locked until the
+/// transaction ends, so a start or schedule that races the delete is either
+/// counted here, or waits for it and then finds the channel deleted
+/// ([`is_deleted`]).
 pub async fn count_active_campaigns(
     tx: &mut Transaction<'_, Postgres>,
     id: Uuid,
 ) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT count(*) FILTER (WHERE status IN ('sending', 'paused'))
+        "SELECT count(*) FILTER (WHERE status IN ('sending', 'paused', 'scheduled'))
          FROM (SELECT status FROM campaigns WHERE channel_id = $1 FOR UPDATE) AS using_it",
     )
     .bind(id)
     .fetch_one(&mut **tx)
     .await
+}
+
+/// Whether channel `id` was deleted: a campaign on it may no longer start,
+/// schedule or retry (drafts and finished campaigns keep naming it). A plain
+/// read, not a lock: the delete locks the channel and then the campaigns, while
+/// a transition holds its campaign first, so locking here could deadlock;
+/// [`count_active_campaigns`] orders the two instead.
+pub async fn is_deleted(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT deleted_at IS NOT NULL FROM channels WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await
+        .map(|deleted| deleted.unwrap_or(false))
 }
 
 /// Marks channel `id` deleted (kept for the campaigns that reference it).

@@ -215,6 +215,15 @@ pub async fn commit_transition(
         }
     }
     let to = next_status(current.status, request.action)?;
+    if (request.action.opens_run_epoch(to) || request.action == Action::Schedule)
+        && crate::channels::is_deleted(&mut tx, current.channel_id).await?
+    {
+        return Err(TransitionError::Precondition(format!(
+            "the campaign's channel {} was deleted; move the draft to another channel \
+             (PATCH channel_id) or duplicate the campaign",
+            current.channel_id
+        )));
+    }
     if request.action == Action::Schedule {
         match request.scheduled_at.or(current.scheduled_at) {
             Some(at) if at > Utc::now() => {}

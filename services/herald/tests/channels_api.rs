@@ -293,6 +293,65 @@ async fn deleting_a_channel_a_sending_or_paused_campaign_uses_answers_409_until_
 }
 
 #[tokio::test]
+async fn a_scheduled_campaign_holds_its_channel_and_a_draft_on_a_deleted_channel_cannot_start_until_it_moves()
+ {
+    let stack = Stack::start(0, 0, test_sender_config()).await;
+    let doomed = id_of(&create_channel(&stack, webhook_channel("doomed")).await);
+    let other = id_of(&create_channel(&stack, webhook_channel("other")).await);
+    let path = format!("/v1/channels/{doomed}");
+    let draft = id_of(&campaign_on(&stack, doomed).await.1);
+    stack.import(draft, 3).await;
+    let schedule = |id: Uuid| {
+        let client = &stack.client;
+        async move {
+            client
+                .call(
+                    Method::POST,
+                    &format!("/v1/campaigns/{id}/schedule"),
+                    Some(json!({"scheduled_at": "2099-01-01T00:00:00Z"})),
+                )
+                .await
+        }
+    };
+
+    // Scheduled, it would start by itself: the channel is in use.
+    assert_eq!(schedule(draft).await.0, 200);
+    let (status, body) = stack.call(Method::DELETE, &path, None).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "channel_in_use");
+    assert_eq!(stack.transition(draft, "unschedule").await.0, 200);
+    let (status, body) = stack.call(Method::DELETE, &path, None).await;
+    assert_eq!(status, 204, "{body}");
+
+    // A draft left on the deleted channel can neither start nor be scheduled.
+    for (action, (status, body)) in [
+        ("start", stack.transition(draft, "start").await),
+        ("schedule", schedule(draft).await),
+    ] {
+        assert_eq!(status, 409, "{action}: {body}");
+        assert_eq!(
+            body["error"]["code"], "precondition_failed",
+            "{action}: {body}"
+        );
+        let message = body["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains("was deleted"), "{action}: {body}");
+    }
+    assert_eq!(stack.campaign(draft).await["status"], "draft");
+
+    // Moved to a live channel, it starts.
+    let (status, body) = stack
+        .call(
+            Method::PATCH,
+            &format!("/v1/campaigns/{draft}"),
+            Some(json!({"channel_id": other})),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(stack.transition(draft, "start").await.0, 200);
+    stack.stop().await;
+}
+
+#[tokio::test]
 async fn bad_channel_and_campaign_input_is_a_422_with_the_error_document() {
     let stack = Stack::start(0, 0, test_sender_config()).await;
     let with = |patch: Value| {

@@ -180,7 +180,7 @@ pub async fn update_channel(
     responses((status = 204, description = "The channel was deleted"),
               (status = 401, description = "Missing or invalid bearer token", body = ErrorBody),
               (status = 404, description = "No such channel for this tenant", body = ErrorBody),
-              (status = 409, description = "A sending or paused campaign uses the channel (code `channel_in_use`)", body = ErrorBody),
+              (status = 409, description = "A sending, paused or scheduled campaign uses the channel (code `channel_in_use`)", body = ErrorBody),
               (status = 503, description = "The database is unavailable", body = ErrorBody)),
     security(("bearer" = [])), tag = "channels")]
 pub async fn delete_channel(
@@ -203,8 +203,8 @@ pub async fn delete_channel(
         return Err(ApiError::conflict(
             "channel_in_use",
             format!(
-                "{active} sending or paused {campaigns} this channel; \
-                 stop them or let them complete before deleting it"
+                "{active} sending, paused or scheduled {campaigns} this channel; \
+                 stop or unschedule them, or let them complete, before deleting it"
             ),
         ));
     }

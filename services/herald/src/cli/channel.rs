@@ -40,7 +40,7 @@ pub enum ChannelCommand {
     Show { id: Uuid },
     /// Change a channel's name, config, budget or send window.
     Update(UpdateArgs),
-    /// Delete a channel no sending or paused campaign uses.
+    /// Delete a channel no sending, paused or scheduled campaign uses.
     Delete { id: Uuid },
 }
 
