@@ -157,7 +157,8 @@ impl Sender {
                 .nothing_claimed(&batch, &plan, suppressed, lease_token)
                 .await;
         }
-        let lease = Arc::new(Lease::claimed(lease_token, seconds, claim_started));
+        let rows: Vec<i64> = claimed.iter().map(|r| r.id).collect();
+        let lease = Arc::new(Lease::claimed(lease_token, seconds, claim_started, &rows));
         // Suppressed rows the claim skipped used up tokens of the slice too.
         let taken = claimed.len() + usize::try_from(suppressed).unwrap_or(0);
         if taken >= slice.tokens.len() && plan.budgeted {
@@ -296,13 +297,13 @@ impl Sender {
             .release(batch, lease_token, &unsent, request_id.as_deref())
             .await;
         heartbeat.abort();
-        released.log_failure(campaign, "could not release unsent recipients")?;
+        let released = released.log_failure(campaign, "could not release unsent recipients")?;
         self.track(
             batch,
             claimed_count,
             recorded.sent,
             recorded.failed,
-            unsent.len() as i64,
+            released,
         )
         .await;
         self.end_lease(batch, lease_token, claimed_count).await;

@@ -17,7 +17,7 @@ pub struct SenderConfig {
     /// a batch works. After a crash, another replica takes the rows over once it
     /// expires; a sender whose renewals stall starts no request for them after
     /// two thirds of it (`crate::lease`).
-    #[arg(long, env = "HERALD_LEASE_SECONDS", default_value_t = 30.0)]
+    #[arg(long, env = "HERALD_LEASE_SECONDS", default_value_t = 30.0, value_parser = parse_lease_seconds)]
     pub lease_seconds: f64,
 
     /// How long a campaign status read from Postgres is trusted, in ms.
@@ -77,6 +77,35 @@ impl Default for SenderConfig {
             retry_max_ms: 30000,
             provider_timeout_ms: 30000,
             outcome_linger_ms: 20,
+        }
+    }
+}
+
+/// `HERALD_LEASE_SECONDS`: 1 to 86,400 seconds. The heartbeat renews every
+/// third of the lease, and each beat must have room for a renewal's round
+/// trip; a lease longer than a day would hold a dead sender's rows for as long.
+fn parse_lease_seconds(value: &str) -> Result<f64, String> {
+    let seconds: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("{value:?} is not a number of seconds"))?;
+    if (1.0..=86_400.0).contains(&seconds) {
+        Ok(seconds)
+    } else {
+        Err(format!("{value} is outside 1 to 86400 seconds"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_lease_seconds;
+
+    #[test]
+    fn a_lease_shorter_than_a_second_or_longer_than_a_day_is_refused() {
+        assert_eq!(parse_lease_seconds("3"), Ok(3.0));
+        assert_eq!(parse_lease_seconds("1.5"), Ok(1.5));
+        for bad in ["0.5", "0", "-3", "NaN", "inf", "86401", "soon"] {
+            assert!(parse_lease_seconds(bad).is_err(), "{bad}");
         }
     }
 }

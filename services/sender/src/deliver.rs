@@ -210,8 +210,9 @@ impl Sender {
                 if !self.sendable(campaign).await {
                     return unsent(id, attempts, last_error);
                 }
-                // Past the lease's deadline another replica may own the row.
-                if !lease.held() {
+                // Past the lease's deadline, or once a renewal left the row
+                // out, another replica may own it.
+                if !lease.holds(id) {
                     lease.refuse_request(campaign);
                     return unsent(id, attempts, last_error);
                 }

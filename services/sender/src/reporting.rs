@@ -43,30 +43,33 @@ impl Sender {
     }
 
     /// Gives claimed but unsent rows back (one statement): to pending after a
-    /// pause, skipped after a stop.
+    /// pause or when the lease ran out, skipped after a stop. Returns how many
+    /// it gave back; rows another replica has taken over meanwhile are not
+    /// among them.
     pub(crate) async fn release(
         &self,
         batch: &SendBatch,
         lease_token: Uuid,
         unsent: &[Unsent],
         request_id: Option<&str>,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<i64, sqlx::Error> {
         let campaign = batch.campaign_id;
         if unsent.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let released =
             ledger::release_claims(&self.inner.pool, campaign, lease_token, unsent).await?;
         tracing::info!(campaign_id = %campaign, released = released.released,
             skipped = released.skipped, "released unsent recipients");
         if released.campaign_sending && released.released > 0 {
-            // Resumed before the release landed: the new epoch's packer may have
-            // passed these rows already, so batch them again.
+            // Still sending (the lease ran out) or resumed before the release
+            // landed: the packer has passed these rows already, so batch them
+            // again. Rows another replica took over are skipped by the claim.
             let ids: Vec<i64> = unsent.iter().map(|u| u.id).collect();
             self.rebatch(batch, released.run_epoch, lease_token, &ids, request_id)
                 .await;
         }
-        Ok(())
+        Ok(released.released + released.skipped)
     }
 
     /// Publishes released rows as a new batch of the current epoch, keeping the

@@ -141,34 +141,36 @@ pub async fn release_claims(
 }
 
 /// Extends this batch's leases while it is still working on them: the rows'
-/// own expiry (what a claim checks) and the lease row (what the sweep checks).
+/// own expiry (what a claim checks) and, if any row was renewed, the lease row
+/// (what the sweep checks). Returns the ids of the rows renewed.
 ///
-/// Only rows whose lease has not yet expired are renewed: a claim may already
-/// have taken over an expired row, and the rows of one lease share one expiry,
-/// so the renewal extends every row still held or none (`crate::lease` builds
-/// its deadline on that). Returns the number of rows renewed.
+/// Only rows still under this lease and not yet expired are renewed: an
+/// expired row may be taken over at any moment, and a renewal that waited on a
+/// row lock may find some rows already taken over. The rows left out are no
+/// longer this replica's to send (`crate::lease`).
 pub async fn renew_leases(
     pool: &PgPool,
     campaign_id: Uuid,
     lease_token: Uuid,
     ids: &[i64],
     lease_seconds: f64,
-) -> Result<u64, sqlx::Error> {
-    let renewed = sqlx::query(
-        "WITH lease AS (
+) -> Result<Vec<i64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH renewed AS (
+             UPDATE recipients SET lease_expires_at = now() + make_interval(secs => $4)
+             WHERE campaign_id = $1 AND id = ANY($2) AND lease_token = $3 AND status = 'sending'
+               AND lease_expires_at > now()
+             RETURNING id
+         ), lease AS (
              UPDATE recipient_leases SET expires_at = now() + make_interval(secs => $4)
-             WHERE lease_token = $3
+             WHERE lease_token = $3 AND EXISTS (SELECT 1 FROM renewed)
          )
-         UPDATE recipients SET lease_expires_at = now() + make_interval(secs => $4)
-         WHERE campaign_id = $1 AND id = ANY($2) AND lease_token = $3 AND status = 'sending'
-           AND lease_expires_at > now()",
+         SELECT id FROM renewed",
     )
     .bind(campaign_id)
     .bind(ids)
     .bind(lease_token)
     .bind(lease_seconds)
-    .execute(pool)
-    .await?
-    .rows_affected();
-    Ok(renewed)
+    .fetch_all(pool)
+    .await
 }
