@@ -11,6 +11,7 @@
 //! Every stream's description names the installation that owns it
 //! ([`crate::installation`]); a process of another installation refuses to use it.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -40,6 +41,8 @@ pub struct Bus {
     pub streams: StreamNames,
     stream_replicas: usize,
     adopt_streams: bool,
+    /// The client's last failed connection attempt since it was last connected.
+    connection_error: Arc<Mutex<Option<String>>>,
 }
 
 /// Who owns one stream, as its description says.
@@ -53,17 +56,36 @@ enum Claim {
     Foreign(Uuid),
 }
 
+/// Keeps the last connection error until the client connects again.
+fn note_connection_event(noted: &Mutex<Option<String>>, event: &async_nats::Event) {
+    let mut noted = noted.lock().unwrap_or_else(|e| e.into_inner());
+    match event {
+        async_nats::Event::Connected => *noted = None,
+        async_nats::Event::ClientError(_)
+        | async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) => {
+            *noted = Some(event.to_string());
+        }
+        _ => {}
+    }
+}
+
 impl Bus {
     /// Connects without waiting for the server: a transition must succeed while NATS
     /// is down, so the client keeps retrying in the background.
     pub async fn connect(config: &CommonConfig, client_name: &str) -> anyhow::Result<Self> {
+        let connection_error = Arc::new(Mutex::new(None));
+        let noted = connection_error.clone();
         let mut options = async_nats::ConnectOptions::new()
             .name(client_name)
             .retry_on_initial_connect()
             .max_reconnects(None)
             .connection_timeout(Duration::from_secs(2))
-            .event_callback(|event| async move {
-                tracing::info!(%event, "nats connection event");
+            .event_callback(move |event| {
+                let noted = noted.clone();
+                async move {
+                    note_connection_event(&noted, &event);
+                    tracing::info!(%event, "nats connection event");
+                }
             });
         if let (Some(user), Some(password)) = (&config.nats_user, &config.nats_password) {
             options = options.user_and_password(user.clone(), password.clone());
@@ -89,11 +111,22 @@ impl Bus {
             streams: StreamNames::new(&config.stream_prefix),
             stream_replicas: config.stream_replicas.max(1),
             adopt_streams: config.adopt_streams,
+            connection_error,
         })
     }
 
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Why the client is not connected, when it has tried and failed since it
+    /// last was (e.g. `nats: authorization violation`, `nats: timed out`): what
+    /// a command that gives up should tell its user. `None` once connected.
+    pub fn last_connection_error(&self) -> Option<String> {
+        self.connection_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn stream_configs(&self, installation: Uuid) -> Vec<stream::Config> {

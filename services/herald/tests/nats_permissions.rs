@@ -180,3 +180,29 @@ async fn api_packer_and_sender_processes_each_with_their_own_nats_user_run_a_cam
         "a service needed a permission its user lacks:\n{logs}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_command_that_nats_refuses_says_why_instead_of_only_that_nats_is_unreachable() {
+    let server = AuthNatsServer::start().await;
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["events", "tail", "--since", "1m"])
+        .env_clear()
+        .env("NATS_URL", server.url())
+        .env("NATS_USER", "api")
+        .env("NATS_PASSWORD", "not-the-password")
+        .env("HERALD_LOG", "off")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("herald runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach NATS") && stderr.contains("authorization violation"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("not-the-password"),
+        "the password reached the output: {stderr}"
+    );
+}

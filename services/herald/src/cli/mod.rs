@@ -324,9 +324,10 @@ pub async fn connect_bus(common: &CommonConfig) -> Result<Bus, CliError> {
         Ok(Err(error)) => Err(CliError::failed(format!(
             "cannot reach NATS at {url}: {error}"
         ))),
-        Err(_) => Err(CliError::failed(format!(
-            "cannot reach NATS at {url} (no answer within 5 s)"
-        ))),
+        Err(_) => Err(CliError::failed(match bus.last_connection_error() {
+            Some(error) => format!("cannot reach NATS at {url} within 5 s: {error}"),
+            None => format!("cannot reach NATS at {url} (no answer within 5 s)"),
+        })),
     }
 }
 
