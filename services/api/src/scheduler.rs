@@ -13,10 +13,17 @@ use herald_core::lifecycle::Action;
 use herald_core::transitions::{Actor, Lifecycle, TransitionError, TransitionRequest};
 use uuid::Uuid;
 
-async fn due_campaigns(pool: &sqlx::PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
+/// Due scheduled campaigns, oldest first. Not those whose channel was deleted
+/// (scheduled before a deleted channel's campaigns were refused): their start
+/// would be refused on every pass, and a hundred of them would keep every
+/// other due campaign out of the batch. They stay `scheduled` until someone
+/// unschedules them.
+pub async fn due_campaigns(pool: &sqlx::PgPool, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
-        "SELECT id FROM campaigns WHERE status = 'scheduled' AND scheduled_at <= now()
-         ORDER BY scheduled_at LIMIT $1",
+        "SELECT c.id FROM campaigns c
+         JOIN channels ch ON ch.id = c.channel_id AND ch.deleted_at IS NULL
+         WHERE c.status = 'scheduled' AND c.scheduled_at <= now()
+         ORDER BY c.scheduled_at LIMIT $1",
     )
     .bind(limit)
     .fetch_all(pool)

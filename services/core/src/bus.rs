@@ -121,7 +121,7 @@ impl Bus {
 
     /// Why the client is not connected, when it has tried and failed since it
     /// last was (e.g. `nats: authorization violation`, `nats: timed out`): what
-    /// a command that gives up should tell its user. `None` once connected.
+    /// a command that gives up should tell its user. `None` once connected again.
     pub fn last_connection_error(&self) -> Option<String> {
         self.connection_error
             .lock()

@@ -218,9 +218,13 @@ pub async fn commit_transition(
     if (request.action.opens_run_epoch(to) || request.action == Action::Schedule)
         && crate::channels::is_deleted(&mut tx, current.channel_id).await?
     {
+        let remedy = if current.status == Status::Draft {
+            "move the draft to another channel (PATCH channel_id)"
+        } else {
+            "duplicate the campaign and move the copy to another channel (PATCH channel_id)"
+        };
         return Err(TransitionError::Precondition(format!(
-            "the campaign's channel {} was deleted; move the draft to another channel \
-             (PATCH channel_id) or duplicate the campaign",
+            "the campaign's channel {} was deleted; {remedy}",
             current.channel_id
         )));
     }

@@ -3,6 +3,7 @@
 //! use, validation, and campaigns that reference a channel by `channel_id` or
 //! keep an inline channel of their own.
 
+use herald_core::lifecycle::Status;
 use herald_testkit::*;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -348,6 +349,58 @@ async fn a_scheduled_campaign_holds_its_channel_and_a_draft_on_a_deleted_channel
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(stack.transition(draft, "start").await.0, 200);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_due_campaign_whose_channel_was_deleted_is_left_scheduled_while_the_others_start() {
+    let stack = Stack::start(0, 0, test_sender_config()).await;
+    let gone = id_of(&create_channel(&stack, webhook_channel("gone")).await);
+    let live = id_of(&create_channel(&stack, webhook_channel("live")).await);
+    let mut campaigns = Vec::new();
+    for channel in [gone, live] {
+        let id = id_of(&campaign_on(&stack, channel).await.1);
+        stack.import(id, 2).await;
+        let (status, body) = stack
+            .call(
+                Method::POST,
+                &format!("/v1/campaigns/{id}/schedule"),
+                Some(json!({"scheduled_at": "2099-01-01T00:00:00Z"})),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        campaigns.push(id);
+    }
+    // As an installation may hold from before the delete guard counted
+    // scheduled campaigns: the channel deleted under a scheduled campaign.
+    let pool = stack.env.pool();
+    sqlx::query("UPDATE channels SET deleted_at = now() WHERE id = $1")
+        .bind(gone)
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE campaigns SET scheduled_at = now() - interval '1 second' WHERE id = ANY($1)",
+    )
+    .bind(&campaigns)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let due = herald_api::scheduler::due_campaigns(&pool, 100)
+        .await
+        .unwrap();
+    assert!(
+        !due.contains(&campaigns[0]),
+        "the scheduler would retry it forever: {due:?}"
+    );
+    stack
+        .wait_for_status(
+            campaigns[1],
+            Status::Sending,
+            std::time::Duration::from_secs(10),
+        )
+        .await;
+    assert_eq!(stack.campaign(campaigns[0]).await["status"], "scheduled");
     stack.stop().await;
 }
 

@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use herald_core::work::Delivery;
 use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
 use crate::Sender;
@@ -117,7 +118,8 @@ impl Lease {
 }
 
 impl Sender {
-    /// Keeps the leases and the message alive while the rows are worked on:
+    /// Keeps the leases and the message alive while the rows are worked on,
+    /// until the handle is dropped (also when the batch panics):
     /// a beat every third of the lease, counted from the claim and from each
     /// beat's start (so slow renewals do not stretch the pace), the ledger
     /// first (it decides who may send), then the message's ack deadline, which
@@ -128,13 +130,15 @@ impl Sender {
         lease: Arc<Lease>,
         claimed: &[ClaimedRecipient],
         delivery: Option<Delivery>,
-    ) -> tokio::task::JoinHandle<()> {
+    ) -> AbortOnDropHandle<()> {
         let (sender, ids) = (
             self.clone(),
             claimed.iter().map(|r| r.id).collect::<Vec<_>>(),
         );
-        tokio::spawn(async move {
-            let every = Duration::from_secs_f64(lease.seconds() / 3.0);
+        AbortOnDropHandle::new(tokio::spawn(async move {
+            // Floored so that a lease set in code to 0 (flags and the
+            // environment refuse under 1 s) cannot make the loop spin.
+            let every = Duration::from_secs_f64((lease.seconds() / 3.0).max(0.1));
             let mut beat = lease.started;
             loop {
                 beat += every;
@@ -154,7 +158,7 @@ impl Sender {
                 // After a stall, beat now rather than once per missed beat.
                 beat = beat.max(Instant::now().checked_sub(every).unwrap_or(beat));
             }
-        })
+        }))
     }
 }
 
