@@ -41,6 +41,13 @@ async fn campaign_on(client: &ApiClient, channel: Uuid) -> (u16, Value) {
         .await
 }
 
+/// Schedules campaign `id` for a time far ahead (2099).
+async fn schedule_far_ahead(client: &ApiClient, id: Uuid) -> (u16, Value) {
+    let path = format!("/v1/campaigns/{id}/schedule");
+    let body = json!({"scheduled_at": "2099-01-01T00:00:00Z"});
+    client.call(Method::POST, &path, Some(body)).await
+}
+
 fn assert_validation(status: u16, body: &Value, mentions: &str) {
     assert_eq!(status, 422, "{body}");
     assert_eq!(body["error"]["code"], "validation_failed", "{body}");
@@ -302,21 +309,9 @@ async fn a_scheduled_campaign_holds_its_channel_and_a_draft_on_a_deleted_channel
     let path = format!("/v1/channels/{doomed}");
     let draft = id_of(&campaign_on(&stack, doomed).await.1);
     stack.import(draft, 3).await;
-    let schedule = |id: Uuid| {
-        let client = &stack.client;
-        async move {
-            client
-                .call(
-                    Method::POST,
-                    &format!("/v1/campaigns/{id}/schedule"),
-                    Some(json!({"scheduled_at": "2099-01-01T00:00:00Z"})),
-                )
-                .await
-        }
-    };
 
     // Scheduled, it would start by itself: the channel is in use.
-    assert_eq!(schedule(draft).await.0, 200);
+    assert_eq!(schedule_far_ahead(&stack, draft).await.0, 200);
     let (status, body) = stack.call(Method::DELETE, &path, None).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "channel_in_use");
@@ -327,7 +322,7 @@ async fn a_scheduled_campaign_holds_its_channel_and_a_draft_on_a_deleted_channel
     // A draft left on the deleted channel can neither start nor be scheduled.
     for (action, (status, body)) in [
         ("start", stack.transition(draft, "start").await),
-        ("schedule", schedule(draft).await),
+        ("schedule", schedule_far_ahead(&stack, draft).await),
     ] {
         assert_eq!(status, 409, "{action}: {body}");
         assert_eq!(
@@ -361,13 +356,7 @@ async fn a_due_campaign_whose_channel_was_deleted_is_left_scheduled_while_the_ot
     for channel in [gone, live] {
         let id = id_of(&campaign_on(&stack, channel).await.1);
         stack.import(id, 2).await;
-        let (status, body) = stack
-            .call(
-                Method::POST,
-                &format!("/v1/campaigns/{id}/schedule"),
-                Some(json!({"scheduled_at": "2099-01-01T00:00:00Z"})),
-            )
-            .await;
+        let (status, body) = schedule_far_ahead(&stack, id).await;
         assert_eq!(status, 200, "{body}");
         campaigns.push(id);
     }
