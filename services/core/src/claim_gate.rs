@@ -20,13 +20,27 @@
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+/// How long a claim's transaction may sit idle between its statements, in ms
+/// (Postgres's `idle_in_transaction_session_timeout`, set for that transaction
+/// alone). A claim sends its statements back to back, so it idles for
+/// milliseconds; a sender that stalls in between (stopped, starved of CPU)
+/// would otherwise hold the gate, and with it every pause and stop of the
+/// campaign and every claim queued behind them, until it ran again. Postgres
+/// ends that session instead, which rolls the claim back.
+pub const CLAIM_IDLE_LIMIT_MS: u32 = 5_000;
+
 /// Takes the gate shared, until the transaction ends. A claim calls this in its
-/// transaction before the statement that reads the campaign's status.
+/// transaction before the statement that reads the campaign's status; it also
+/// limits how long the transaction may idle ([`CLAIM_IDLE_LIMIT_MS`]).
 pub async fn enter(tx: &mut PgConnection, campaign: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtextextended($1::text, 11))")
-        .bind(campaign)
-        .execute(tx)
-        .await?;
+    sqlx::query(
+        "SELECT set_config('idle_in_transaction_session_timeout', $2, true),
+                pg_advisory_xact_lock_shared(hashtextextended($1::text, 11))",
+    )
+    .bind(campaign)
+    .bind(CLAIM_IDLE_LIMIT_MS.to_string())
+    .execute(tx)
+    .await?;
     Ok(())
 }
 

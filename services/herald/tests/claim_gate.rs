@@ -1,6 +1,8 @@
 //! The claim gate (invariant 5): a pause waits only for the claims already
-//! running, and a claim that comes while the pause waits queues behind it and
-//! then claims nothing. Real Postgres; the test drives the ledger itself.
+//! running, a claim that comes while the pause waits queues behind it and then
+//! claims nothing, and a claim that stalls halfway holds the pause up for
+//! seconds, not until it runs again. Real Postgres; the tests drive the ledger
+//! themselves.
 //!
 //! Run with `cargo test -p herald --test claim_gate`.
 
@@ -97,5 +99,56 @@ async fn a_pause_waits_for_the_claim_in_progress_and_a_later_claim_waits_for_the
         "{} rows were claimed after the pause committed",
         claimed_after.len()
     );
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn a_claim_that_stalls_before_it_commits_holds_a_pause_up_for_seconds_not_until_it_runs_again()
+ {
+    let stack = Stack::start(0, 0, test_sender_config()).await;
+    let id = stack.create_campaign(json!({"provider": "log"})).await;
+    stack.import(id, 20).await;
+    assert_eq!(stack.transition(id, "start").await.0, 200);
+    let pool = stack.env.pool();
+
+    // A sender took the gate and claimed, then stopped before its commit.
+    let (lowest, highest): (i64, i64) =
+        sqlx::query_as("SELECT min(id), max(id) FROM recipients WHERE campaign_id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    let mut stalled = pool.begin().await.unwrap();
+    let taken = claim_batch_in(
+        &mut stalled,
+        &batch(id, lowest, highest),
+        Uuid::new_v4(),
+        30.0,
+        i64::MAX,
+    )
+    .await
+    .unwrap()
+    .rows;
+    assert_eq!(taken.len(), 20);
+
+    // Postgres ends the idle claim after CLAIM_IDLE_LIMIT_MS, and the pause goes
+    // through; the test's own limit is far longer, the claim stays open forever.
+    let limit = Duration::from_millis(herald_core::claim_gate::CLAIM_IDLE_LIMIT_MS.into());
+    let paused = tokio::time::timeout(limit * 6, stack.transition(id, "pause"))
+        .await
+        .expect("the pause waited on the stalled claim's gate");
+    assert_eq!(paused.0, 200, "{}", paused.1);
+    assert!(
+        stalled.commit().await.is_err(),
+        "the stalled claim committed after the pause"
+    );
+    let pending: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM recipients WHERE campaign_id = $1 AND status = 'pending'",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(pending, 20, "the stalled claim's rows stay unclaimed");
     stack.stop().await;
 }
