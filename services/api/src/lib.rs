@@ -120,6 +120,14 @@ pub fn router(state: AppState) -> Router {
                 .patch(ch::update_channel)
                 .delete(ch::delete_channel),
         )
+        .route(
+            "/v1/channels/{id}/receipts-token",
+            post(routes::receipts_token::rotate_channel_receipts_token),
+        )
+        .route(
+            "/v1/campaigns/{id}/receipts-token",
+            post(routes::receipts_token::rotate_campaign_receipts_token),
+        )
         .route("/v1/suppressions/{address}", delete(s::delete_suppression))
         .route(
             "/v1/receipts/{channel_id}/{token}",

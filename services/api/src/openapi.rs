@@ -7,8 +7,8 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::{ErrorBody, ErrorDetail};
 use crate::routes::{
-    ab, campaigns, channels, duplicate, health, lifecycle, progress, receipts, recipients,
-    replicas, retry, suppressions,
+    ab, campaigns, channels, duplicate, health, lifecycle, progress, receipts, receipts_token,
+    recipients, replicas, retry, suppressions,
 };
 use crate::suppression_views::*;
 use crate::views::*;
@@ -106,6 +106,8 @@ impl Modify for Conventions {
         channels::get_channel,
         channels::update_channel,
         channels::delete_channel,
+        receipts_token::rotate_channel_receipts_token,
+        receipts_token::rotate_campaign_receipts_token,
         campaigns::create_campaign,
         campaigns::list_campaigns,
         campaigns::get_campaign,

@@ -3,8 +3,8 @@
 //! Evolution API sends one webhook per status change, so the receipts endpoint
 //! takes many small requests; reading the channel's token from Postgres for
 //! each would cost a round trip per receipt. A token read is kept for
-//! [`TOKEN_TTL`]: a channel deleted (or a token replaced in the database) stops
-//! being accepted within that time. Unknown channels are not cached, so a
+//! [`TOKEN_TTL`]: a channel deleted (or a token rotated on another api replica)
+//! stops being accepted within that time. Unknown channels are not cached, so a
 //! channel created a moment ago is found at once.
 
 use std::collections::HashMap;
@@ -46,6 +46,13 @@ impl ReceiptTokens {
         cache.retain(|_, (_, read_at)| read_at.elapsed() < TOKEN_TTL);
         cache.insert(channel_id, (token.clone(), Instant::now()));
         Ok(Some(token))
+    }
+
+    /// Drops the cached token of `channel_id` (after a rotation): this replica
+    /// refuses the old token at once, the others within [`TOKEN_TTL`].
+    pub fn forget(&self, channel_id: Uuid) {
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        cache.remove(&channel_id);
     }
 
     fn cached(&self, channel_id: Uuid) -> Option<Arc<str>> {

@@ -270,6 +270,42 @@ pub async fn soft_delete_channel(
     Ok(())
 }
 
+/// Gives channel `id` a new receipts token, as unguessable as the one it was
+/// created with (256 bits; migrations/0009_delivery_receipts.sql), so its old
+/// receipts URL stops working; bumps its version. Returns the channel as it is
+/// now. The caller has locked the row and checked who may rotate it.
+pub async fn rotate_receipts_token(
+    tx: &mut Transaction<'_, Postgres>,
+    id: Uuid,
+) -> Result<ChannelRow, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE channels SET receipts_token = replace(gen_random_uuid()::text || gen_random_uuid()::text, '-', ''),
+                version = version + 1, updated_at = now()
+         WHERE id = $1 RETURNING {CHANNEL_COLUMNS}"
+    )))
+    .bind(id)
+    .fetch_one(&mut **tx)
+    .await
+}
+
+/// The channel campaign `campaign` of `tenant` sends through, locked until the
+/// transaction ends: its id and whether it is the campaign's private one.
+/// `None` when the campaign is not the tenant's.
+pub async fn lock_campaign_channel(
+    tx: &mut Transaction<'_, Postgres>,
+    campaign: Uuid,
+    tenant: Uuid,
+) -> Result<Option<(Uuid, bool)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT ch.id, ch.private FROM campaigns c JOIN channels ch ON ch.id = c.channel_id
+         WHERE c.id = $1 AND c.tenant_id = $2 FOR UPDATE OF ch",
+    )
+    .bind(campaign)
+    .bind(tenant)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
 /// Soft-deletes channel `id` only if it is private: what happens to a draft's
 /// own channel when the draft moves to another channel.
 pub async fn retire_private_channel(

@@ -2005,6 +2005,8 @@ async fn the_openapi_document_lists_every_route_with_its_parameters_where_the_ap
         "GET /v1/channels/{id}",
         "PATCH /v1/channels/{id}",
         "DELETE /v1/channels/{id}",
+        "POST /v1/channels/{id}/receipts-token",
+        "POST /v1/campaigns/{id}/receipts-token",
         "POST /v1/campaigns",
         "GET /v1/campaigns",
         "GET /v1/campaigns/{id}",

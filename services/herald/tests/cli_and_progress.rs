@@ -8,7 +8,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use herald_core::lifecycle::Status;
 use herald_testkit::*;
-use serde_json::Value;
+use reqwest::Method;
+use serde_json::{Value, json};
 use uuid::Uuid;
 
 /// Reads `event: progress` payloads from an SSE response.
@@ -588,5 +589,43 @@ async fn the_progress_stream_still_converges_while_nats_is_down() {
     );
     assert!(events.next(Duration::from_secs(5)).await.is_none());
     nats.resume().await;
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn the_cli_rotates_a_channels_receipts_url() {
+    let stack = Stack::start(0, 0, test_sender_config()).await;
+    let env = api_env(&stack);
+    let body = json!({"name": "rotating", "config": {"provider": "webhook", "url": "http://127.0.0.1:9/hook"}});
+    let (status, channel) = stack.call(Method::POST, "/v1/channels", Some(body)).await;
+    assert_eq!(status, 201, "{channel}");
+    let id = channel["id"].as_str().expect("id");
+
+    let rotated = herald(&env, &["channel", "rotate-receipts-token", id, "--json"]).await;
+    assert_eq!(rotated.code, 0, "{}", rotated.stderr);
+    let shown: Value = serde_json::from_str(&rotated.stdout).expect("json");
+    assert_ne!(shown["receipts_url"], channel["receipts_url"]);
+    assert_eq!(
+        stack
+            .call(Method::GET, &format!("/v1/channels/{id}"), None)
+            .await
+            .1["receipts_url"],
+        shown["receipts_url"]
+    );
+    let missing = herald(
+        &env,
+        &[
+            "channel",
+            "rotate-receipts-token",
+            &Uuid::new_v4().to_string(),
+        ],
+    )
+    .await;
+    assert_ne!(missing.code, 0);
+    assert!(
+        missing.stderr.contains("channel not found"),
+        "{}",
+        missing.stderr
+    );
     stack.stop().await;
 }

@@ -359,3 +359,73 @@ async fn a_message_id_the_provider_repeats_marks_every_recipient_sent_and_stays_
     assert_eq!(stack.campaign(id).await["funnel"]["delivered"], 1);
     stack.stop().await;
 }
+
+#[tokio::test]
+async fn a_rotated_receipts_token_retires_the_old_url_at_once_and_the_new_one_takes_receipts() {
+    let provider = ProviderDouble::start(Duration::ZERO).await;
+    let stack = Stack::start(1, 1, test_sender_config()).await;
+    let (id, old_url, m) = sent_campaign(&stack, &provider, 2).await;
+    // The old token is in the api's cache now.
+    let delivered = |message: &str| json!({"receipts": [receipt(message, "delivered")]});
+    assert_eq!(post(&old_url, delivered(&m[0])).await.1["matched"], 1);
+
+    // The campaign's own (private) channel rotates through the campaign.
+    let path = format!("/v1/campaigns/{id}/receipts-token");
+    let (status, rotated) = stack.call(Method::POST, &path, None).await;
+    assert_eq!(status, 200, "{rotated}");
+    let new_url = rotated["receipts_url"].as_str().expect("receipts_url");
+    assert_ne!(new_url, old_url);
+    assert_eq!(post(&old_url, delivered(&m[1])).await.0, 404);
+    assert_eq!(post(new_url, delivered(&m[1])).await.1["matched"], 1);
+    assert_eq!(stack.campaign(id).await["receipts_url"], new_url);
+
+    // A shared channel rotates through /v1/channels; the campaign route says so.
+    let (status, channel) = stack
+        .call(
+            Method::POST,
+            "/v1/channels",
+            Some(json!({"name": "shared", "config": provider.webhook_channel()})),
+        )
+        .await;
+    assert_eq!(status, 201, "{channel}");
+    let channel_id = channel["id"].as_str().expect("id").to_owned();
+    let (_, on_shared) = stack
+        .call(
+            Method::POST,
+            "/v1/campaigns",
+            Some(json!({"name": "s", "channel_id": channel_id, "template": {"body": "Hi"}})),
+        )
+        .await;
+    let shared_campaign = on_shared["id"].as_str().expect("id");
+    let (status, refused) = stack
+        .call(
+            Method::POST,
+            &format!("/v1/campaigns/{shared_campaign}/receipts-token"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["error"]["code"], "shared_channel");
+    let (status, rotated) = stack
+        .call(
+            Method::POST,
+            &format!("/v1/channels/{channel_id}/receipts-token"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    assert_ne!(rotated["receipts_url"], channel["receipts_url"]);
+    assert_eq!(
+        rotated["version"],
+        channel["version"].as_i64().unwrap_or(0) + 1
+    );
+
+    // Unknown ids answer 404.
+    for path in [
+        format!("/v1/channels/{}/receipts-token", Uuid::new_v4()),
+        format!("/v1/campaigns/{}/receipts-token", Uuid::new_v4()),
+    ] {
+        assert_eq!(stack.call(Method::POST, &path, None).await.0, 404, "{path}");
+    }
+    stack.stop().await;
+}

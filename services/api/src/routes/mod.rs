@@ -9,6 +9,7 @@ pub mod health;
 pub mod lifecycle;
 pub mod progress;
 pub mod receipts;
+pub mod receipts_token;
 pub mod recipients;
 pub mod replicas;
 pub mod retry;

@@ -42,6 +42,8 @@ pub enum ChannelCommand {
     Update(UpdateArgs),
     /// Delete a channel no sending, paused or scheduled campaign uses.
     Delete { id: Uuid },
+    /// Give the channel a new receipts URL; the old one stops working.
+    RotateReceiptsToken { id: Uuid },
 }
 
 /// The provider config: inline JSON or a file holding it.
@@ -215,6 +217,11 @@ async fn execute(client: &ApiClient, command: ChannelCommand, json: bool) -> Res
                         .json(&body),
                 )
                 .await?;
+            print_channel(&channel, json);
+        }
+        ChannelCommand::RotateReceiptsToken { id } => {
+            let path = format!("/v1/channels/{id}/receipts-token");
+            let channel = client.call(client.request(Method::POST, &path)).await?;
             print_channel(&channel, json);
         }
         ChannelCommand::Delete { id } => {
