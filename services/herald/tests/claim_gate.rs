@@ -26,20 +26,26 @@ fn batch(campaign: Uuid, first: i64, last: i64) -> SendBatch {
     }
 }
 
+/// A started campaign of `recipients` rows on a stack with no packer and no
+/// sender, and its lowest and highest recipient ids.
+async fn sending_without_workers(recipients: usize) -> (Stack, Uuid, (i64, i64)) {
+    let stack = Stack::start(0, 0, test_sender_config()).await;
+    let id = stack.create_campaign(json!({"provider": "log"})).await;
+    stack.import(id, recipients).await;
+    assert_eq!(stack.transition(id, "start").await.0, 200);
+    let ids = sqlx::query_as("SELECT min(id), max(id) FROM recipients WHERE campaign_id = $1")
+        .bind(id)
+        .fetch_one(&stack.env.pool())
+        .await
+        .unwrap();
+    (stack, id, ids)
+}
+
 #[tokio::test]
 async fn a_pause_waits_for_the_claim_in_progress_and_a_later_claim_waits_for_the_pause_and_claims_nothing()
  {
-    let stack = Stack::start(0, 0, test_sender_config()).await;
-    let id = stack.create_campaign(json!({"provider": "log"})).await;
-    stack.import(id, 200).await;
-    assert_eq!(stack.transition(id, "start").await.0, 200);
+    let (stack, id, (lowest, highest)) = sending_without_workers(200).await;
     let pool = stack.env.pool();
-    let (lowest, highest): (i64, i64) =
-        sqlx::query_as("SELECT min(id), max(id) FROM recipients WHERE campaign_id = $1")
-            .bind(id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
     let middle = (lowest + highest) / 2;
 
     // A claim of the first half, not yet committed.
@@ -105,19 +111,10 @@ async fn a_pause_waits_for_the_claim_in_progress_and_a_later_claim_waits_for_the
 #[tokio::test]
 async fn a_claim_that_stalls_before_it_commits_holds_a_pause_up_for_seconds_not_until_it_runs_again()
  {
-    let stack = Stack::start(0, 0, test_sender_config()).await;
-    let id = stack.create_campaign(json!({"provider": "log"})).await;
-    stack.import(id, 20).await;
-    assert_eq!(stack.transition(id, "start").await.0, 200);
+    let (stack, id, (lowest, highest)) = sending_without_workers(20).await;
     let pool = stack.env.pool();
 
     // A sender took the gate and claimed, then stopped before its commit.
-    let (lowest, highest): (i64, i64) =
-        sqlx::query_as("SELECT min(id), max(id) FROM recipients WHERE campaign_id = $1")
-            .bind(id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
     let mut stalled = pool.begin().await.unwrap();
     let taken = claim_batch_in(
         &mut stalled,
