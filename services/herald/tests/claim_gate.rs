@@ -41,6 +41,19 @@ async fn sending_without_workers(recipients: usize) -> (Stack, Uuid, (i64, i64))
     (stack, id, ids)
 }
 
+/// A claim of `batch` in a transaction left open, as a sender holds it between
+/// its claim statement and its commit; and how many rows it took.
+async fn open_claim(
+    pool: &sqlx::PgPool,
+    batch: &SendBatch,
+) -> (sqlx::Transaction<'static, sqlx::Postgres>, usize) {
+    let mut tx = pool.begin().await.unwrap();
+    let claimed = claim_batch_in(&mut tx, batch, Uuid::new_v4(), 30.0, i64::MAX)
+        .await
+        .unwrap();
+    (tx, claimed.rows.len())
+}
+
 #[tokio::test]
 async fn a_pause_waits_for_the_claim_in_progress_and_a_later_claim_waits_for_the_pause_and_claims_nothing()
  {
@@ -49,18 +62,8 @@ async fn a_pause_waits_for_the_claim_in_progress_and_a_later_claim_waits_for_the
     let middle = (lowest + highest) / 2;
 
     // A claim of the first half, not yet committed.
-    let mut running = pool.begin().await.unwrap();
-    let taken = claim_batch_in(
-        &mut running,
-        &batch(id, lowest, middle),
-        Uuid::new_v4(),
-        30.0,
-        i64::MAX,
-    )
-    .await
-    .unwrap()
-    .rows;
-    assert_eq!(taken.len() as i64, middle - lowest + 1);
+    let (running, taken) = open_claim(&pool, &batch(id, lowest, middle)).await;
+    assert_eq!(taken as i64, middle - lowest + 1);
 
     // The pause waits for it.
     let pause = tokio::spawn({
@@ -115,18 +118,8 @@ async fn a_claim_that_stalls_before_it_commits_holds_a_pause_up_for_seconds_not_
     let pool = stack.env.pool();
 
     // A sender took the gate and claimed, then stopped before its commit.
-    let mut stalled = pool.begin().await.unwrap();
-    let taken = claim_batch_in(
-        &mut stalled,
-        &batch(id, lowest, highest),
-        Uuid::new_v4(),
-        30.0,
-        i64::MAX,
-    )
-    .await
-    .unwrap()
-    .rows;
-    assert_eq!(taken.len(), 20);
+    let (stalled, taken) = open_claim(&pool, &batch(id, lowest, highest)).await;
+    assert_eq!(taken, 20);
 
     // Postgres ends the idle claim after CLAIM_IDLE_LIMIT_MS, and the pause goes
     // through; the test's own limit is far longer, the claim stays open forever.
